@@ -11,7 +11,9 @@ import torch
 from torch import Tensor
 
 
-def _move(d: dict[str, Tensor], device: torch.device | str, non_blocking: bool) -> dict[str, Tensor]:
+def _move(
+    d: dict[str, Tensor], device: torch.device | str, non_blocking: bool
+) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=non_blocking) for k, v in d.items()}
 
 

@@ -1,0 +1,111 @@
+"""Behaviour embedding: object fields + action + time gap, projected per group to one space.
+
+Shape glossary:
+    B  batch size
+    T  history length (padded)
+    G  number of behaviour groups
+    F  number of fields of one group's objects
+    e  field_dim, width of every field, action and time embedding
+    d  d_model, the shared hidden size
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from atrank.data.batch import Batch
+from data_prep.contract import PAD_INDEX
+
+
+class BehaviourEmbedding(nn.Module):
+    """Embeds behaviours (action, object, time gap) of several groups into one space.
+
+    A behaviour is ``concat(field embeddings of its group's object, action, time)`` of width
+    ``(F + 2) * e``, then a per-group ``nn.Linear`` to ``d`` (ATRank section 2). Field tables
+    are shared across groups (``shop_id`` of items and coupons is one table). A group's first
+    field is its id field (the key of the task heads' bias tables).
+
+    Args:
+        vocab_sizes: rows of each field's table, ``field -> size`` (index 0 is padding).
+        group_fields: ``group -> fields of its objects``; the group index used by
+            ``Batch.hist_group`` and ``Batch.target_group`` is the position in this dict.
+        n_actions: rows of the action table (index 0 is padding).
+        n_time_buckets: number of time-gap buckets; the table has one more row because
+            ``Batch.hist_time`` is ``bucket + 1`` with 0 for padding.
+        field_dim: width ``e`` of each field, action and time embedding.
+        d_model: shared hidden size ``d``.
+    """
+
+    def __init__(
+        self,
+        vocab_sizes: dict[str, int],
+        group_fields: dict[str, tuple[str, ...]],
+        n_actions: int,
+        n_time_buckets: int,
+        field_dim: int = 32,
+        d_model: int = 64,
+    ) -> None:
+        super().__init__()
+        if not group_fields or any(len(fs) == 0 for fs in group_fields.values()):
+            raise ValueError(f"group_fields needs >= 1 group with >= 1 field, got {group_fields}")
+        missing = sorted({f for fs in group_fields.values() for f in fs} - set(vocab_sizes))
+        if missing:
+            raise ValueError(f"vocab_sizes lacks fields used by group_fields: {missing}")
+        self.group_fields = {g: tuple(fs) for g, fs in group_fields.items()}
+        self.groups: tuple[str, ...] = tuple(group_fields)
+        self.field_dim = field_dim
+        self.d_model = d_model
+        used = dict.fromkeys(f for fs in self.group_fields.values() for f in fs)  # ordered set
+        self.fields = nn.ModuleDict(
+            {f: nn.Embedding(vocab_sizes[f], field_dim, padding_idx=PAD_INDEX) for f in used}
+        )
+        self.action = nn.Embedding(n_actions, field_dim, padding_idx=PAD_INDEX)
+        self.time = nn.Embedding(n_time_buckets + 1, field_dim, padding_idx=PAD_INDEX)
+        self.proj = nn.ModuleDict(
+            {
+                g: nn.Linear((len(fs) + 2) * field_dim, d_model)
+                for g, fs in self.group_fields.items()
+            }
+        )
+
+    def id_field(self, group: str) -> str:
+        """The id field of a group's objects (its first field)."""
+        return self.group_fields[group][0]
+
+    def embed_history(self, batch: Batch) -> Tensor:
+        """Embeds every history position with its own group's projection.
+
+        Args:
+            batch: the batch; reads ``hist``, ``hist_action``, ``hist_time``, ``hist_group``
+                and ``hist_mask``.
+
+        Returns:
+            ``(B, T, d)`` behaviour vectors, exactly zero at padded positions.
+        """
+        looked_up = {f: emb(batch.hist[f]) for f, emb in self.fields.items()}  # each (B, T, e)
+        context = [self.action(batch.hist_action), self.time(batch.hist_time)]  # 2 x (B, T, e)
+        B, T = batch.hist_mask.shape  # noqa: N806 (shape names)
+        out = looked_up[self.id_field(self.groups[0])].new_zeros(B, T, self.d_model)
+        # G is small: project every position with every group's Linear, keep its own group's.
+        for g_idx, group in enumerate(self.groups):
+            parts = [looked_up[f] for f in self.group_fields[group]]
+            x = torch.cat(parts + context, dim=-1)  # (B, T, (F + 2) * e)
+            own = (batch.hist_group == g_idx).unsqueeze(-1)  # (B, T, 1)
+            out = torch.where(own, self.proj[group](x), out)  # (B, T, d)
+        return out * batch.hist_mask.unsqueeze(-1)  # (B, T, d)
+
+    def embed_target(self, target: dict[str, Tensor], group: str) -> Tensor:
+        """Embeds prediction targets of one group, with the action and time slots empty.
+
+        Args:
+            target: coded target fields, ``field -> (B,)`` long.
+            group: the targets' group; selects the fields and the projection.
+
+        Returns:
+            ``(B, d)`` target vectors.
+        """
+        parts = [self.fields[f](target[f]) for f in self.group_fields[group]]  # F x (B, e)
+        empty = parts[0].new_zeros(parts[0].shape[0], 2 * self.field_dim)  # (B, 2e)
+        x = torch.cat([*parts, empty], dim=-1)  # (B, (F + 2) * e)
+        return self.proj[group](x)  # (B, d)

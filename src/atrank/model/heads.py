@@ -1,0 +1,93 @@
+"""Task heads: vanilla (target) attention over the encoded history, then a score.
+
+Shape glossary:
+    B  batch size
+    T  history length (padded; 0 for a history-blind model)
+    d  d_model, hidden size
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from atrank.model.attention import MultiHeadAttentionBlock, ScoreKind
+
+ScorerKind = Literal["dot", "mlp"]
+SCORERS: tuple[str, ...] = get_args(ScorerKind)
+
+
+class TaskHead(nn.Module):
+    """One task's head: target attention -> user vector ``u`` -> logit.
+
+    The target vector (the query, ``(B, 1, d)``) attends over the encoded history with the
+    history padding mask, through the same block type as the encoder; the output is the user
+    vector ``u`` for this target. Score ``"dot"``: ``<u, t> + bias[target id]`` (the paper);
+    ``"mlp"``: an MLP over ``[u, t, u * t]``.
+
+    Args:
+        d_model: hidden size ``d``.
+        n_heads: number of attention heads.
+        ffn_dim: inner width of the attention block's feed-forward network.
+        n_targets: rows of the bias table (vocabulary size of the target group's id field).
+        dropout: dropout on the attention weights.
+        score: attention score, ``"dot"`` or ``"bilinear"``.
+        scorer: ``"dot"`` or ``"mlp"``.
+        mlp_hidden: hidden widths of the MLP scorer.
+    """
+
+    def __init__(
+        self,
+        d_model: int = 64,
+        n_heads: int = 4,
+        ffn_dim: int = 16,
+        n_targets: int = 2,
+        dropout: float = 0.0,
+        score: ScoreKind = "dot",
+        scorer: ScorerKind = "dot",
+        mlp_hidden: Sequence[int] = (64,),
+    ) -> None:
+        super().__init__()
+        if scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
+        self.attention = MultiHeadAttentionBlock(d_model, n_heads, ffn_dim, dropout, score)
+        # The bias table starts at zero (set by ATRankModel._init_weights).
+        self.bias = nn.Embedding(n_targets, 1) if scorer == "dot" else None
+        self.mlp = _mlp(3 * d_model, mlp_hidden) if scorer == "mlp" else None
+
+    def forward(
+        self, target: Tensor, memory: Tensor, memory_mask: Tensor, target_ids: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Scores the targets against the users' encoded histories.
+
+        Args:
+            target: ``(B, d)`` target vectors.
+            memory: ``(B, T, d)`` encoded history.
+            memory_mask: ``(B, T)`` bool, True at real behaviours.
+            target_ids: ``(B,)`` long, the targets' id (key of the bias table).
+
+        Returns:
+            ``(logits, l2)``, both ``(B,)``: the logits and ``||u||^2 + ||t||^2`` per row.
+        """
+        u = self.attention(target.unsqueeze(1), memory, memory_mask).squeeze(1)  # (B, d)
+        if self.mlp is not None:
+            logits = self.mlp(torch.cat([u, target, u * target], dim=-1)).squeeze(-1)  # (B,)
+        else:
+            assert self.bias is not None
+            logits = (u * target).sum(-1) + self.bias(target_ids).squeeze(-1)  # (B,)
+        l2 = u.pow(2).sum(-1) + target.pow(2).sum(-1)  # (B,)
+        return logits, l2
+
+
+def _mlp(d_in: int, hidden: Sequence[int]) -> nn.Sequential:
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"mlp_hidden widths must be >= 1, got {tuple(hidden)}")
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(d_in, h), nn.ReLU()]
+        d_in = h
+    layers.append(nn.Linear(d_in, 1))
+    return nn.Sequential(*layers)

@@ -1,0 +1,108 @@
+"""Training run: compose -> data -> model -> system -> Lightning fit/test -> metrics.json.
+
+Config is read here (the edge) and nowhere below: everything else takes typed arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from atrank.config import data_config, model_config, task_configs
+from atrank.data.datamodule import ATRankDataModule
+from atrank.runtime import (
+    check_tasks,
+    model_from_meta,
+    oracle_aucs,
+    procs_per_node,
+    resolve_data_dir,
+    set_threads,
+    write_metrics,
+)
+from atrank.system.module import ATRankSystem
+
+
+def _instantiate_all(node: DictConfig | None) -> list[Any]:
+    if not node:
+        return []
+    return [hydra.utils.instantiate(c) for c in node.values() if c is not None and "_target_" in c]
+
+
+def _optional_partial(node: DictConfig | None) -> Any:
+    return hydra.utils.instantiate(node) if node and "_target_" in node else None
+
+
+def collect_test_metrics(
+    callback_metrics: dict[str, Any], tasks: list[str], stage: str = "test"
+) -> dict[str, float]:
+    """Picks ``<stage>/<task>/{auc,gauc,logloss}`` out of the trainer's logged metrics."""
+    out: dict[str, float] = {}
+    for task in tasks:
+        for name in ("auc", "gauc", "logloss"):
+            key = f"{stage}/{task}/{name}"
+            if key in callback_metrics:
+                out[key] = float(callback_metrics[key])
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Runs one training (and test) from a composed config.
+
+    Returns:
+        The flat metrics written to ``metrics.json``.
+    """
+    data_cfg, model_cfg, tasks = data_config(cfg), model_config(cfg), task_configs(cfg)
+    set_threads(cfg.get("threads"), data_cfg.num_workers, procs_per_node(cfg.trainer))
+    L.seed_everything(int(cfg.seed), workers=True)
+
+    data_dir = resolve_data_dir(cfg)
+    dm = ATRankDataModule(
+        dir=str(data_dir),
+        tasks=list(tasks),
+        batch_size=data_cfg.batch_size,
+        eval_batch_size=data_cfg.eval_batch_size,
+        max_len=data_cfg.max_len,
+        num_workers=data_cfg.num_workers,
+        pin_memory=data_cfg.pin_memory,
+        seed=int(cfg.seed),
+    )
+    dm.setup()
+    check_tasks(tasks, dm.meta, data_dir)
+
+    model = model_from_meta(dm.meta, model_cfg, tasks)
+    system = ATRankSystem(
+        model,
+        task_weights={n: t.weight for n, t in tasks.items()},
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=_optional_partial(cfg.get("scheduler")),
+        l2_weight=model_cfg.l2_weight,
+        monitor_weights={n: t.monitor_weight for n, t in tasks.items()},
+        run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        data_dir=str(data_dir),
+    )
+    callbacks: list[Callback] = _instantiate_all(cfg.get("callbacks"))
+    loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False
+    )
+
+    if cfg.get("train", True):
+        trainer.fit(system, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    metrics: dict[str, float] = {}
+    if cfg.get("test", True):
+        ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)  # type: ignore[attr-defined]
+        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+        trainer.test(system, datamodule=dm, ckpt_path=best)
+        metrics = collect_test_metrics(trainer.callback_metrics, list(tasks))
+        for task, auc in oracle_aucs(dm.splits["test"], list(tasks)).items():
+            metrics[f"oracle/{task}/auc"] = auc
+    if trainer.is_global_zero:
+        out_dir = Path(str(cfg.paths.output_dir))
+        write_metrics(metrics, out_dir, title=f"ATRank-MT test metrics ({model_cfg.encoder.name})")
+    return metrics
