@@ -96,6 +96,13 @@ class ATRankDataModule(L.LightningDataModule):
             worker_init_fn=_one_thread_per_worker,
         )
 
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        if isinstance(batch, Batch):
+            return batch.to(device, non_blocking=self.pin_memory)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self) -> DataLoader[Batch]:
         return self._loader("train", shuffle=True)
 

@@ -18,7 +18,9 @@ from data_prep.pipeline import PrepError, load_meta
 
 
 def _tensor(df: pl.DataFrame, col: str, dtype: torch.dtype) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(df.get_column(col).to_numpy())).to(dtype)
+    return torch.from_numpy(np.ascontiguousarray(df.get_column(col).to_numpy(writable=True))).to(
+        dtype
+    )
 
 
 @dataclass

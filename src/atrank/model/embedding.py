@@ -83,17 +83,23 @@ class BehaviourEmbedding(nn.Module):
         Returns:
             ``(B, T, d)`` behaviour vectors, exactly zero at padded positions.
         """
-        looked_up = {f: emb(batch.hist[f]) for f, emb in self.fields.items()}  # each (B, T, e)
-        context = [self.action(batch.hist_action), self.time(batch.hist_time)]  # 2 x (B, T, e)
         B, T = batch.hist_mask.shape  # noqa: N806 (shape names)
-        out = looked_up[self.id_field(self.groups[0])].new_zeros(B, T, self.d_model)
-        # G is small: project every position with every group's Linear, keep its own group's.
-        for g_idx, group in enumerate(self.groups):
-            parts = [looked_up[f] for f in self.group_fields[group]]
-            x = torch.cat(parts + context, dim=-1)  # (B, T, (F + 2) * e)
-            own = (batch.hist_group == g_idx).unsqueeze(-1)  # (B, T, 1)
-            out = torch.where(own, self.proj[group](x), out)  # (B, T, d)
-        return out * batch.hist_mask.unsqueeze(-1)  # (B, T, d)
+        weight = self.proj[self.groups[0]].weight
+        out = weight.new_zeros(B * T, self.d_model)  # (B*T, d), padding stays exactly zero
+        group = batch.hist_group.reshape(-1)  # (B*T,)
+        valid = batch.hist_mask.reshape(-1)  # (B*T,)
+        # Look up and project only the real positions of each group, with that group's own
+        # Linear: no work is spent on padding or on other groups' projections.
+        for g_idx, g in enumerate(self.groups):
+            pos = torch.nonzero(valid & (group == g_idx)).squeeze(1)  # (P,)
+            if pos.numel() == 0:
+                continue
+            parts = [self.fields[f](batch.hist[f].reshape(-1)[pos]) for f in self.group_fields[g]]
+            parts.append(self.action(batch.hist_action.reshape(-1)[pos]))  # (P, e)
+            parts.append(self.time(batch.hist_time.reshape(-1)[pos]))  # (P, e)
+            x = torch.cat(parts, dim=-1)  # (P, (F + 2) * e)
+            out = out.index_copy(0, pos, self.proj[g](x).to(out.dtype))  # (B*T, d)
+        return out.view(B, T, self.d_model)  # (B, T, d)
 
     def embed_target(self, target: dict[str, Tensor], group: str) -> Tensor:
         """Embeds prediction targets of one group, with the action and time slots empty.

@@ -70,13 +70,6 @@ class ATRankSystem(L.LightningModule):
         """Inference: task name -> probability ``(B,)``."""
         return {t: torch.sigmoid(v) for t, v in self.model(batch).logits.items()}
 
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        if isinstance(batch, Batch):
-            return batch.to(device, non_blocking=True)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.model(batch)
         total, per_task = multitask_loss(

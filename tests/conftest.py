@@ -1,0 +1,45 @@
+"""Shared fixtures: the real Hydra config, shrunk, and a small generated dataset."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+# Two cores: one torch thread per test process keeps parallel work from oversubscribing.
+torch.set_num_threads(1)
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+TINY_SIM = ["dataset.n_users=300", "dataset.events_per_user=40", "dataset.n_items=300"]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache for generated and prepared data (never the user's ~/.cache)."""
+    return tmp_path_factory.mktemp("atrank-cache")
+
+
+@pytest.fixture()
+def compose_cfg(cache_dir: Path, tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
+    """Composes the real config (``train``, ``prep`` or ``eval``) with overrides, shrunk."""
+    GlobalHydra.instance().clear()
+
+    def _compose(*overrides: str, config_name: str = "train") -> DictConfig:
+        base = [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path / 'out'}"]
+        if config_name == "train":
+            base += [*TINY_SIM, "logger=none", "callbacks.progress_bar=null", "threads=1"]
+        elif config_name == "prep":
+            base += TINY_SIM
+        return compose(config_name=config_name, overrides=[*base, *overrides])
+
+    with initialize_config_module(config_module="atrank.conf", version_base="1.3"):
+        yield _compose
+    GlobalHydra.instance().clear()
