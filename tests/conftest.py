@@ -32,12 +32,14 @@ def compose_cfg(cache_dir: Path, tmp_path: Path) -> Iterator[Callable[..., DictC
     """Composes the real config (``train``, ``prep`` or ``eval``) with overrides, shrunk."""
     GlobalHydra.instance().clear()
 
-    def _compose(*overrides: str, config_name: str = "train") -> DictConfig:
+    def _compose(*overrides: str, config_name: str = "train", tiny: bool = True) -> DictConfig:
         base = [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path / 'out'}"]
+        sim = TINY_SIM if tiny else []
         if config_name == "train":
-            base += [*TINY_SIM, "logger=none", "callbacks.progress_bar=null", "threads=1"]
+            base += [*sim, "logger=none", "callbacks.progress_bar=null"]
+            base += ["threads=1"] if tiny else []
         elif config_name == "prep":
-            base += TINY_SIM
+            base += sim
         return compose(config_name=config_name, overrides=[*base, *overrides])
 
     with initialize_config_module(config_module="atrank.conf", version_base="1.3"):

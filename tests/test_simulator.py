@@ -174,9 +174,9 @@ def test_positive_rates_plausible(default_sim: Sim) -> None:
     assert 0.15 <= rate["coupon"] <= 0.35
     n_imp = default_sim.summary.samples_by_task["click"]
     n_off = default_sim.summary.samples_by_task["coupon"]
-    # ~8% of steps are coupon offers, and only 30% of impressions are kept as samples.
+    # coupon_offer_rate of the steps are coupon offers; impressions are subsampled.
     share = n_off / (n_off + n_imp / default_sim.cfg.impression_sample_rate)
-    assert 0.06 <= share <= 0.10
+    assert abs(share - default_sim.cfg.coupon_offer_rate) <= 0.02
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -21,9 +21,9 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dir: str | None = None
-    batch_size: int = 256
+    batch_size: int = 512
     eval_batch_size: int = 2048
-    max_len: int = 50
+    max_len: int = 30
     num_workers: int = 0
     pin_memory: bool = False
 
