@@ -84,8 +84,7 @@ class BehaviourEmbedding(nn.Module):
             ``(B, T, d)`` behaviour vectors, exactly zero at padded positions.
         """
         B, T = batch.hist_mask.shape  # noqa: N806 (shape names)
-        weight = self.proj[self.groups[0]].weight
-        out = weight.new_zeros(B * T, self.d_model)  # (B*T, d), padding stays exactly zero
+        out = self.action.weight.new_zeros(B * T, self.d_model)  # (B*T, d), padding stays 0
         group = batch.hist_group.reshape(-1)  # (B*T,)
         valid = batch.hist_mask.reshape(-1)  # (B*T,)
         # Look up and project only the real positions of each group, with that group's own
