@@ -235,7 +235,7 @@ def test_history_beats_the_blind_ceiling(default_sim: Sim, task: str) -> None:
     oracle = auc(y, df.get_column(C.prob_col(task)).to_numpy())
     blind = auc(y, df.get_column("blind").to_numpy())
     assert oracle - blind >= 0.08, (oracle, blind)
-    assert 0.75 <= oracle <= 0.92, oracle
+    assert 0.75 <= oracle <= 0.95, oracle  # learnable, yet labels stay random
 
 
 def test_blind_ceiling_is_exact_without_history(tmp_path: Path) -> None:

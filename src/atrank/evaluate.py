@@ -11,10 +11,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from atrank.config import ConfigError, data_config, model_config, task_configs
-from atrank.data.datamodule import ATRankDataModule
-from atrank.runtime import check_tasks, model_from_meta, oracle_aucs, set_threads, write_metrics
+from atrank.runtime import (
+    instantiate_all,
+    make_datamodule,
+    model_from_meta,
+    oracle_aucs,
+    set_threads,
+    write_metrics,
+)
 from atrank.system.module import ATRankSystem
-from atrank.train import _instantiate_all, collect_test_metrics
+from atrank.train import collect_test_metrics
 
 
 def _load_hparams(ckpt_path: Path) -> dict[str, Any]:
@@ -42,17 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"split: must be val or test, got {cfg.split!r}")
     set_threads(cfg.get("threads"), data_cfg.num_workers)
     data_dir = Path(str(cfg.data_dir)) if cfg.data_dir is not None else Path(hp["data_dir"])
-    dm = ATRankDataModule(
-        dir=str(data_dir),
-        tasks=list(tasks),
-        batch_size=data_cfg.batch_size,
-        eval_batch_size=int(cfg.batch_size or data_cfg.eval_batch_size),
-        max_len=data_cfg.max_len,
-        num_workers=data_cfg.num_workers,
-        seed=int(run.seed),
-    )
-    dm.setup()
-    check_tasks(tasks, dm.meta, data_dir)
+    dm = make_datamodule(data_dir, data_cfg, tasks, int(run.seed), eval_batch_size=cfg.batch_size)
     system = ATRankSystem(
         model_from_meta(dm.meta, model_cfg, tasks),
         task_weights={n: t.weight for n, t in tasks.items()},
@@ -60,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         monitor_weights={n: t.monitor_weight for n, t in tasks.items()},
     )
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=_instantiate_all(cfg.get("logger")) or False, callbacks=[]
+        cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=[]
     )
     if cfg.split == "test":
         trainer.test(system, datamodule=dm, ckpt_path=str(ckpt_path))

@@ -7,13 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torchmetrics.functional.classification import binary_auroc
 
-from atrank.config import ConfigError, ModelConfig, TaskConfig
+from atrank.config import ConfigError, DataConfig, ModelConfig, TaskConfig
+from atrank.data.datamodule import ATRankDataModule
 from atrank.data.store import SampleTable
 from atrank.model import ATRankModel, build_model
 from data_prep.sources import prepare_from_config
@@ -68,6 +70,36 @@ def resolve_data_dir(cfg: DictConfig) -> Path:
         out_dir=None,
     )
     return result.out_dir
+
+
+def instantiate_all(node: DictConfig | None) -> list[Any]:
+    """Instantiates every ``_target_`` entry of a config group (callbacks, loggers)."""
+    if not node:
+        return []
+    return [hydra.utils.instantiate(c) for c in node.values() if c is not None and "_target_" in c]
+
+
+def make_datamodule(
+    data_dir: Path,
+    data: DataConfig,
+    tasks: dict[str, TaskConfig],
+    seed: int,
+    eval_batch_size: int | None = None,
+) -> ATRankDataModule:
+    """Loads the prepared data and checks the configured tasks against it."""
+    dm = ATRankDataModule(
+        dir=str(data_dir),
+        tasks=list(tasks),
+        batch_size=data.batch_size,
+        eval_batch_size=eval_batch_size or data.eval_batch_size,
+        max_len=data.max_len,
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+        seed=seed,
+    )
+    dm.setup()
+    check_tasks(tasks, dm.meta, data_dir)
+    return dm
 
 
 def check_tasks(tasks: dict[str, TaskConfig], meta: dict[str, Any], data_dir: Path) -> None:

@@ -15,9 +15,9 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from atrank.config import data_config, model_config, task_configs
-from atrank.data.datamodule import ATRankDataModule
 from atrank.runtime import (
-    check_tasks,
+    instantiate_all,
+    make_datamodule,
     model_from_meta,
     oracle_aucs,
     procs_per_node,
@@ -26,12 +26,6 @@ from atrank.runtime import (
     write_metrics,
 )
 from atrank.system.module import ATRankSystem
-
-
-def _instantiate_all(node: DictConfig | None) -> list[Any]:
-    if not node:
-        return []
-    return [hydra.utils.instantiate(c) for c in node.values() if c is not None and "_target_" in c]
 
 
 def _optional_partial(node: DictConfig | None) -> Any:
@@ -62,18 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(int(cfg.seed), workers=True)
 
     data_dir = resolve_data_dir(cfg)
-    dm = ATRankDataModule(
-        dir=str(data_dir),
-        tasks=list(tasks),
-        batch_size=data_cfg.batch_size,
-        eval_batch_size=data_cfg.eval_batch_size,
-        max_len=data_cfg.max_len,
-        num_workers=data_cfg.num_workers,
-        pin_memory=data_cfg.pin_memory,
-        seed=int(cfg.seed),
-    )
-    dm.setup()
-    check_tasks(tasks, dm.meta, data_dir)
+    dm = make_datamodule(data_dir, data_cfg, tasks, seed=int(cfg.seed))
 
     model = model_from_meta(dm.meta, model_cfg, tasks)
     system = ATRankSystem(
@@ -86,8 +69,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
         data_dir=str(data_dir),
     )
-    callbacks: list[Callback] = _instantiate_all(cfg.get("callbacks"))
-    loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
+    callbacks: list[Callback] = instantiate_all(cfg.get("callbacks"))
+    loggers: list[Logger] = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False
     )

@@ -8,10 +8,12 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from omegaconf.errors import MissingMandatoryValue
+
 from atrank.config import ConfigError
 from data_prep.pipeline import PrepError
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, PrepError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, PrepError, MissingMandatoryValue)
 
 F = TypeVar("F", bound=Callable[..., object])
 
