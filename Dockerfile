@@ -13,11 +13,7 @@ WORKDIR /app
 # Dependencies in their own layer: only a change of pyproject.toml rebuilds it. torch comes
 # from the base image (its version satisfies the project's range, so pip keeps it).
 COPY pyproject.toml README.md ./
-RUN python - <<'PY' > /tmp/requirements.txt
-import tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-print("\n".join(d for d in deps if not d.startswith("torch>")))
-PY
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\\n'.join(d for d in deps if not d.startswith('torch>')))"
 RUN pip install -r /tmp/requirements.txt
 
 COPY src ./src
