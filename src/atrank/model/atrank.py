@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from atrank.data.batch import Batch
 from atrank.model.attention import SCORES, MultiHeadAttentionBlock, ScoreKind
+from atrank.model.baselines import NEEDS_USERS  # importing it registers the baselines
 from atrank.model.embedding import BehaviourEmbedding
 from atrank.model.encoder import ENCODERS, EncoderArgs, HistoryEncoder
 from atrank.model.heads import SCORERS, ScorerKind, TaskHead
@@ -102,16 +103,18 @@ class ATRankModel(nn.Module):
             batch: the batch.
 
         Returns:
-            ``(memory, mask)``: ``(B, T, d)`` and ``(B, T)`` bool; ``T = 0`` when the encoder
-            is history-blind.
+            ``(memory, mask)``: ``(B, T', d)`` and ``(B, T')`` bool, as the encoder returns
+            them (``T' = T`` for ATRank, 1 for pooled baselines, 0 for ``none``).
         """
-        if not self.encoder.uses_history:
+        if self.encoder.uses_history:
+            x, mask = self.embedding.embed_history(batch), batch.hist_mask  # (B, T, d), (B, T)
+        else:  # the history is not embedded: the encoder gets an empty one (T = 0)
             B, d = batch.size, self.embedding.d_model  # noqa: N806 (shape names)
             weight = self.embedding.action.weight
-            memory = weight.new_zeros(B, 0, d)  # (B, 0, d)
-            return memory, torch.zeros(B, 0, dtype=torch.bool, device=weight.device)
-        x = self.embedding.embed_history(batch)  # (B, T, d)
-        return self.encoder(x, batch.hist_mask), batch.hist_mask
+            x = weight.new_zeros(B, 0, d)  # (B, 0, d)
+            mask = torch.zeros(B, 0, dtype=torch.bool, device=weight.device)  # (B, 0)
+        memory, memory_mask = self.encoder(x, mask, batch)
+        return memory, memory_mask
 
     def forward(self, batch: Batch) -> ModelOutput:
         """Scores every task's target for every row of the batch.
@@ -154,6 +157,7 @@ def build_model(
     score: ScoreKind = "dot",
     scorer: ScorerKind = "dot",
     mlp_hidden: Sequence[int] = (64,),
+    n_users: int = 0,
 ) -> ATRankModel:
     """Builds and initialises an ATRank-MT model.
 
@@ -173,6 +177,8 @@ def build_model(
         score: attention score, ``"dot"`` or ``"bilinear"``.
         scorer: ``"dot"`` (``<u, t> + bias``) or ``"mlp"``.
         mlp_hidden: hidden widths of the MLP scorer.
+        n_users: rows of the user table (``meta.json`` ``counts.users``); needed by ``bpr``
+            only, 0 means unknown.
 
     Returns:
         The model, its weights initialised once.
@@ -197,12 +203,13 @@ def build_model(
         score=score,
         scorer=scorer,
         mlp_hidden=mlp_hidden,
+        n_users=n_users,
     )
     embedding = BehaviourEmbedding(
         vocab_sizes, group_fields, n_actions, n_time_buckets, field_dim, d_model
     )
     history_encoder = ENCODERS[encoder](
-        EncoderArgs(d_model, n_heads, ffn, n_blocks, dropout, score)
+        EncoderArgs(d_model, n_heads, ffn, n_blocks, dropout, score, n_users)
     )
     heads = nn.ModuleDict(
         {
@@ -244,6 +251,7 @@ def _check_args(
     score: str,
     scorer: str,
     mlp_hidden: Sequence[int],
+    n_users: int,
 ) -> None:
     _require(bool(group_fields), "group_fields", "needs at least one group")
     for group, fields in group_fields.items():
@@ -267,3 +275,9 @@ def _check_args(
     _require(score in SCORES, "score", f"must be one of {SCORES}, got {score!r}")
     _require(scorer in SCORERS, "scorer", f"must be one of {SCORERS}, got {scorer!r}")
     _require(all(h >= 1 for h in mlp_hidden), "mlp_hidden", f"widths must be >= 1: {mlp_hidden}")
+    _require(n_users >= 0, "n_users", f"must be >= 0 (0 = unknown), got {n_users}")
+    _require(
+        encoder not in NEEDS_USERS or n_users >= 1,
+        "n_users",
+        f"encoder {encoder!r} needs the number of users (meta.json counts.users), got {n_users}",
+    )

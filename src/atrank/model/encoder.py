@@ -1,9 +1,10 @@
 """History encoders: one interface, so that ATRank and its baselines plug in alike.
 
 Shape glossary:
-    B  batch size
-    T  history length (padded)
-    d  d_model, hidden size
+    B   batch size
+    T   history length (padded)
+    T'  memory length, as the encoder chooses (T, 1 for pooled encoders, 0 for none)
+    d   d_model, hidden size
 """
 
 from __future__ import annotations
@@ -11,31 +12,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
+from atrank.data.batch import Batch
 from atrank.model.attention import MultiHeadAttentionBlock, ScoreKind
 
 
 class HistoryEncoder(nn.Module):
     """Base of every history encoder.
 
+    An encoder turns the embedded history into the memory that every task head's target
+    attention reads, with the memory's own padding mask (a pooled encoder returns one slot,
+    masked out when there is nothing to pool). Padded positions of ``x`` must never change
+    the unmasked part of the memory.
+
     Attributes:
-        uses_history: False for history-blind encoders; the model then skips embedding the
-            history and the task heads attend over an empty memory.
+        uses_history: False for encoders that do not read the behaviour history; the model
+            then skips embedding it and passes an empty ``x`` (``T = 0``). The batch is still
+            passed (e.g. for ``batch.user``).
     """
 
     uses_history: bool = True
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """Encodes a padded history.
 
         Args:
             x: ``(B, T, d)`` embedded behaviours (zero at padding).
             mask: ``(B, T)`` bool, True at real behaviours.
+            batch: the batch, for encoders that need more than the history (user ids).
 
         Returns:
-            ``(B, T, d)`` encoded behaviours (the task heads' memory).
+            ``(memory, memory_mask)``: ``(B, T', d)`` and ``(B, T')`` bool, True at the slots
+            the task heads may attend to.
         """
         raise NotImplementedError
 
@@ -67,12 +76,12 @@ class ATRankEncoder(HistoryEncoder):
             for _ in range(n_blocks)
         )
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """See :meth:`HistoryEncoder.forward`; padded positions of the output are zero."""
+    def forward(self, x: Tensor, mask: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """See :meth:`HistoryEncoder.forward`; ``T' = T``, padded positions are zero."""
         keep = mask.unsqueeze(-1)  # (B, T, 1)
         for block in self.blocks:
             x = block(x, x, key_mask=mask, query_mask=mask) * keep  # (B, T, d)
-        return x
+        return x, mask
 
 
 class NoHistoryEncoder(HistoryEncoder):
@@ -80,14 +89,18 @@ class NoHistoryEncoder(HistoryEncoder):
 
     uses_history = False
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """Returns zeros ``(B, T, d)``; not called by the model (``uses_history`` is False)."""
-        return torch.zeros_like(x)
+    def forward(self, x: Tensor, mask: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Returns the empty history it gets (``T = 0``), so the heads see the target alone."""
+        return x[:, :0], mask[:, :0]
 
 
 @dataclass(frozen=True)
 class EncoderArgs:
-    """The arguments every encoder factory receives (each uses what it needs)."""
+    """The arguments every encoder factory receives (each uses what it needs).
+
+    Attributes:
+        n_users: rows of the user table (``bpr``); 0 when unknown.
+    """
 
     d_model: int
     n_heads: int
@@ -95,11 +108,13 @@ class EncoderArgs:
     n_blocks: int
     dropout: float
     score: ScoreKind
+    n_users: int = 0
 
 
 EncoderFactory = Callable[[EncoderArgs], HistoryEncoder]
 
-#: Encoders by name, as ``build_model(encoder=...)`` takes them; a baseline adds one entry.
+#: Encoders by name, as ``build_model(encoder=...)`` takes them; a baseline adds one entry
+#: (the paper's baselines register themselves in :mod:`atrank.model.baselines`).
 ENCODERS: dict[str, EncoderFactory] = {
     "atrank": lambda a: ATRankEncoder(
         a.d_model, a.n_heads, a.ffn_dim, a.n_blocks, a.dropout, a.score
