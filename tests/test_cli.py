@@ -95,3 +95,48 @@ def test_ddp_on_cpu_with_two_processes(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["test/click/auc"] <= 1.0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="DDP on CPU needs process spawning via fork")
+def test_eval_metrics_identical_with_one_and_two_processes(tmp_path: Path) -> None:
+    """AUC/GAUC/log loss are computed over gathered predictions of every sample exactly once,
+    so 2 processes give the 1-process numbers (no padded sampler, no per-rank averaging)."""
+    cache = tmp_path / "cache"
+    r = _run(
+        [
+            "atrank-train",
+            "debug=limit",
+            "logger=none",
+            "callbacks.progress_bar=null",
+            "data.eval_batch_size=100",
+            *TINY_SIM,
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+        cache,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("*.ckpt")
+    results = []
+    for devices in (1, 2):
+        out = f"eval{devices}"
+        r = _run(
+            [
+                "atrank-eval",
+                f"ckpt_path={ckpt}",
+                "trainer=ddp",
+                "trainer.accelerator=cpu",
+                f"trainer.devices={devices}",
+                "batch_size=77",
+                f"hydra.run.dir={out}",
+            ],
+            tmp_path,
+            cache,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        results.append(json.loads((tmp_path / out / "metrics.json").read_text()))
+    one, two = results
+    assert set(one) == set(two) and len(one) >= 9
+    for key in one:
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key

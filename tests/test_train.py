@@ -125,3 +125,15 @@ def test_missing_data_dir_names_the_file(compose_cfg: Compose, tmp_path: Path) -
 def test_empty_split_is_refused(compose_cfg: Compose) -> None:
     with pytest.raises(PrepError, match="split"):
         train(compose_cfg("prep.test_frac=0.00001", "prep.val_frac=0.00001", "debug=fdr"))
+
+
+@pytest.mark.parametrize(
+    "encoder", ["none", "mean", "bpr", "bilstm", "bilstm_att", "cnn", "din", "atrank"]
+)
+def test_every_encoder_trains_through_the_same_command(compose_cfg: Compose, encoder: str) -> None:
+    metrics = train(compose_cfg(f"model/encoder={encoder}", "debug=fdr"))
+    assert {k.split("/")[1] for k in metrics if k.startswith("test/")} == {
+        "click",
+        "purchase",
+        "coupon",
+    }

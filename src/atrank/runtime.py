@@ -137,6 +137,7 @@ def model_from_meta(
             group_fields=group_fields,
             n_actions=int(meta["n_actions"]),
             n_time_buckets=int(meta["time"]["n_buckets"]),
+            n_users=int(meta["counts"]["users"]),
             task_groups={name: t.target for name, t in tasks.items()},
             encoder=m.encoder.name,
             field_dim=m.field_dim,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,6 +18,11 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 EVAL_STAGES = ("val", "test")
+
+# Evaluation metrics are torchmetrics objects synchronised over all processes in compute():
+# the logged values are already global, so Lightning's advice to average them again over
+# ranks (sync_dist=True) does not apply.
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.* when logging on epoch level")
 
 
 class ATRankSystem(L.LightningModule):
