@@ -116,7 +116,7 @@ def test_eval_metrics_identical_with_one_and_two_processes(tmp_path: Path) -> No
         cache,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("*.ckpt")
+    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")
     results = []
     for devices in (1, 2):
         out = f"eval{devices}"

@@ -79,3 +79,38 @@ def test_task_metrics_count_only_masked_in_rows() -> None:
     assert float(out["auc"]) == 1.0
     assert float(out["gauc"]) == 1.0
     assert abs(float(out["logloss"]) - float(F.softplus(torch.tensor(-2.0)))) < 1e-6
+
+
+def _reference_pair_auc(p: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
+    aucs = []
+    for user in np.unique(g):
+        m = g == user
+        pos, neg = p[m][y[m] == 1], p[m][y[m] == 0]
+        if len(pos) and len(neg):
+            aucs.append((pos[:, None] > neg[None, :]).mean())  # ties are failures
+    return float(np.mean(aucs)) if aucs else math.nan
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 1), st.integers(0, 4)), min_size=1, max_size=60
+    )
+)
+def test_pair_auc_matches_strict_reference(rows: list[tuple[int, int, int]]) -> None:
+    g = np.array([r[0] for r in rows])
+    y = np.array([r[1] for r in rows])
+    p = np.array([r[2] for r in rows], dtype=np.float64)
+    got = float(grouped_auc(torch.tensor(p), torch.tensor(y), torch.tensor(g), 0.0, "equal"))
+    want = _reference_pair_auc(p, y, g)
+    assert (math.isnan(got) and math.isnan(want)) or abs(got - want) < 1e-9
+
+
+def test_pair_auc_is_the_share_of_users_whose_positive_wins() -> None:
+    # the paper's protocol: one (positive, negative) pair per user; a tie is a failure
+    users = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    y = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0])
+    p = torch.tensor([0.9, 0.1, 0.2, 0.8, 0.5, 0.5, 0.7, 0.6])  # wins: users 0 and 3
+    m = GroupAUC(tie=0.0, weighting="equal")
+    m.update(p, y, users)
+    assert float(m.compute()) == 0.5

@@ -17,7 +17,7 @@ from data_prep import contract as C
 from data_prep.pipeline import PrepError
 
 Compose = Callable[..., DictConfig]
-METRICS = ("auc", "gauc", "logloss")
+METRICS = ("auc", "gauc", "pair_auc", "logloss")
 
 
 def _metrics_file(cfg: DictConfig) -> dict[str, float]:
@@ -42,14 +42,22 @@ def test_task_selection_trains_exactly_those_heads(compose_cfg: Compose, tmp_pat
     tasks = {k.split("/")[1] for k in metrics}
     assert tasks == {"click", "coupon"}
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
-    (ckpt,) = ckpt_dir.glob("*.ckpt")
+    (ckpt,) = ckpt_dir.glob("epoch*.ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     heads = {k.split(".")[2] for k in state if k.startswith("model.heads.")}
     assert heads == {"click", "coupon"}
 
+    # every task's best validation epoch is reported and its checkpoint kept
+    for task in ("click", "coupon"):
+        assert metrics[f"best/{task}/epoch"] == 0.0
+        assert 0.0 <= metrics[f"best/{task}/val_auc"] <= 1.0
+        assert (ckpt_dir / f"best-{task}.ckpt").is_file()
+    assert "best/purchase/epoch" not in metrics
+
     # atrank-eval rebuilds the model from the checkpoint and reproduces the test metrics
     ev = compose_cfg(f"ckpt_path={ckpt}", config_name="eval")
     again = evaluate(ev)
+    assert again
     for key, value in again.items():
         assert value == pytest.approx(metrics[key], abs=1e-6), key
 

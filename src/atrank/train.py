@@ -25,6 +25,8 @@ from atrank.runtime import (
     set_threads,
     write_metrics,
 )
+from atrank.system.callbacks import PerTaskBest
+from atrank.system.metrics import TaskMetrics
 from atrank.system.module import ATRankSystem
 
 
@@ -38,7 +40,7 @@ def collect_test_metrics(
     """Picks ``<stage>/<task>/{auc,gauc,logloss}`` out of the trainer's logged metrics."""
     out: dict[str, float] = {}
     for task in tasks:
-        for name in ("auc", "gauc", "logloss"):
+        for name in TaskMetrics.NAMES:
             key = f"{stage}/{task}/{name}"
             if key in callback_metrics:
                 out[key] = float(callback_metrics[key])
@@ -78,13 +80,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("train", True):
         trainer.fit(system, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, float] = {}
-    if cfg.get("test", True):
+    if cfg.get("test", True):  # the best checkpoint on val/monitor
         ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)  # type: ignore[attr-defined]
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         trainer.test(system, datamodule=dm, ckpt_path=best)
         metrics = collect_test_metrics(trainer.callback_metrics, list(tasks))
         for task, auc in oracle_aucs(dm.splits["test"], list(tasks)).items():
             metrics[f"oracle/{task}/auc"] = auc
+    for cb in callbacks:
+        if isinstance(cb, PerTaskBest):
+            metrics.update(cb.summary())
     if trainer.is_global_zero:
         out_dir = Path(str(cfg.paths.output_dir))
         write_metrics(metrics, out_dir, title=f"ATRank-MT test metrics ({model_cfg.encoder.name})")

@@ -1,4 +1,4 @@
-"""Per-task evaluation metrics: AUC, GAUC (per-user AUC), log loss.
+"""Per-task evaluation metrics: AUC, GAUC (per-user AUC), pair AUC (the paper's), log loss.
 
 All are torchmetrics ``Metric`` objects, so under data parallelism their states are gathered
 (``cat``) or summed over every process before ``compute``: the result is the metric over all
@@ -17,49 +17,66 @@ from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
 
-def grouped_auc(preds: Tensor, target: Tensor, groups: Tensor) -> Tensor:
-    """Sample-weighted mean of per-group AUCs; groups with only one class are left out.
+def grouped_auc(
+    preds: Tensor, target: Tensor, groups: Tensor, tie: float = 0.5, weighting: str = "samples"
+) -> Tensor:
+    """Mean of per-group AUCs; groups with only one class are left out.
 
-    Ties share their average rank (Mann-Whitney), so a tie counts one half.
+    A group's AUC is the share of its (positive, negative) pairs where the positive scores
+    higher, a tie counting ``tie``. GAUC: ``tie=0.5`` (Mann-Whitney), groups weighted by their
+    number of samples. The paper's per-user "AUC" (``pair_auc``): ``tie=0.0`` (a tie is a
+    failure), every group weighted equally.
 
     Args:
         preds: ``(N,)`` scores.
         target: ``(N,)`` 0/1 labels.
         groups: ``(N,)`` integer group (user) ids.
+        tie: credit of a tied pair.
+        weighting: ``"samples"`` or ``"equal"``.
 
     Returns:
-        Scalar tensor; NaN when no group has both classes.
+        Scalar float64 tensor; NaN when no group has both classes.
     """
+    if weighting not in ("samples", "equal"):
+        raise ValueError(f"weighting must be 'samples' or 'equal', got {weighting!r}")
     preds, target, groups = preds.double(), target.long(), groups.long()
     # Order by (group, pred): sort by pred, then stable sort by group.
     order = torch.argsort(preds, stable=True)
     order = order[torch.argsort(groups[order], stable=True)]
-    g, p, y = groups[order], preds[order], target[order]
+    g, p, y = groups[order], preds[order], target[order].double()
     _, g_inv, g_counts = torch.unique_consecutive(g, return_inverse=True, return_counts=True)
-    g_start = torch.cumsum(g_counts, 0) - g_counts  # (G,)
-    # Average rank within each run of equal (group, pred).
+    # Runs of equal (group, pred): the tied scores.
     key_change = torch.ones_like(g, dtype=torch.bool)
     key_change[1:] = (g[1:] != g[:-1]) | (p[1:] != p[:-1])
     run_id = torch.cumsum(key_change.long(), 0) - 1  # (N,)
-    run_counts = torch.bincount(run_id)
-    run_start = torch.cumsum(run_counts, 0) - run_counts  # global position of each run
-    pos_in_group = run_start[run_id] - g_start[g_inv]  # 0-based start of the run in its group
-    rank = pos_in_group.double() + (run_counts[run_id].double() + 1) / 2  # 1-based average
+    neg = 1.0 - y
+    neg_in_run = torch.zeros(int(run_id[-1]) + 1 if run_id.numel() else 0, dtype=torch.float64)
+    neg_in_run.index_add_(0, run_id, neg)  # (R,)
+    # Negatives strictly below each run within its group = negatives before the run start
+    # minus negatives before the group start.
+    neg_cum = torch.cumsum(neg, 0) - neg  # negatives before each position (global)
+    first_of_run = torch.nonzero(key_change).squeeze(1)  # (R,)
+    g_start = torch.cumsum(g_counts, 0) - g_counts  # (G,)
+    below_run = neg_cum[first_of_run] - neg_cum[g_start][g_inv[first_of_run]]  # (R,)
     n_groups = g_counts.numel()
-    n_pos = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g_inv, y.double())
-    n_tot = g_counts.double()
-    n_neg = n_tot - n_pos
-    rank_pos = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g_inv, rank * y)
+    credit = (below_run[run_id] + tie * neg_in_run[run_id]) * y  # (N,), positives only
+    wins = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g_inv, credit)
+    n_pos = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g_inv, y)
+    n_neg = g_counts.double() - n_pos
     valid = (n_pos > 0) & (n_neg > 0)
     if not bool(valid.any()):
         return torch.tensor(float("nan"), dtype=torch.float64)
-    auc = (rank_pos[valid] - n_pos[valid] * (n_pos[valid] + 1) / 2) / (n_pos[valid] * n_neg[valid])
-    w = n_tot[valid]
+    auc = wins[valid] / (n_pos[valid] * n_neg[valid])
+    w = g_counts[valid].double() if weighting == "samples" else torch.ones_like(auc)
     return (auc * w).sum() / w.sum()
 
 
 class GroupAUC(Metric):
-    """GAUC: per-user AUC averaged with each user weighted by its number of samples."""
+    """Per-user AUC averaged over users (see :func:`grouped_auc`).
+
+    The defaults give GAUC (ties half, users weighted by their number of samples);
+    ``tie=0.0, weighting="equal"`` gives the paper's ``pair_auc``.
+    """
 
     full_state_update = False
     higher_is_better = True
@@ -67,8 +84,9 @@ class GroupAUC(Metric):
     target: list[Tensor]
     groups: list[Tensor]
 
-    def __init__(self) -> None:
+    def __init__(self, tie: float = 0.5, weighting: str = "samples") -> None:
         super().__init__()
+        self.tie, self.weighting = tie, weighting
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("target", default=[], dist_reduce_fx="cat")
         self.add_state("groups", default=[], dist_reduce_fx="cat")
@@ -83,6 +101,8 @@ class GroupAUC(Metric):
             dim_zero_cat(self.preds),
             dim_zero_cat(self.target),
             dim_zero_cat(self.groups),
+            tie=self.tie,
+            weighting=self.weighting,
         ).float()
 
 
@@ -111,12 +131,15 @@ class LogLoss(Metric):
 
 
 class TaskMetrics(nn.Module):
-    """AUC, GAUC and log loss of one task, updated only on rows where the task's label exists."""
+    """AUC, GAUC, pair AUC and log loss of one task, on rows where the task's label exists."""
+
+    NAMES = ("auc", "gauc", "pair_auc", "logloss")
 
     def __init__(self) -> None:
         super().__init__()
         self.auc = BinaryAUROC()
         self.gauc = GroupAUC()
+        self.pair_auc = GroupAUC(tie=0.0, weighting="equal")
         self.logloss = LogLoss()
 
     def update(self, logits: Tensor, labels: Tensor, mask: Tensor, users: Tensor) -> None:
@@ -131,18 +154,14 @@ class TaskMetrics(nn.Module):
         logits, labels, users = logits[mask].float(), labels[mask].long(), users[mask]
         self.auc.update(torch.sigmoid(logits), labels)
         self.gauc.update(logits, labels, users)
+        self.pair_auc.update(logits, labels, users)
         self.logloss.update(logits, labels)
 
     def compute(self) -> dict[str, Tensor]:
-        """Returns ``{"auc", "gauc", "logloss"}``."""
-        return {
-            "auc": self.auc.compute(),
-            "gauc": self.gauc.compute(),
-            "logloss": self.logloss.compute(),
-        }
+        """Returns ``{"auc", "gauc", "pair_auc", "logloss"}``."""
+        return {name: getattr(self, name).compute() for name in self.NAMES}
 
     def reset(self) -> None:
         """Clears the accumulated state."""
-        self.auc.reset()
-        self.gauc.reset()
-        self.logloss.reset()
+        for name in self.NAMES:
+            getattr(self, name).reset()
