@@ -32,7 +32,9 @@ def compose_cfg(cache_dir: Path, tmp_path: Path) -> Iterator[Callable[..., DictC
     """Composes the real config (``train``, ``prep`` or ``eval``) with overrides, shrunk."""
     GlobalHydra.instance().clear()
 
-    def _compose(*overrides: str, config_name: str = "train", tiny: bool = True) -> DictConfig:
+    def _compose(
+        *overrides: str, config_name: str = "train", tiny: bool = True, return_hydra: bool = False
+    ) -> DictConfig:
         base = [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path / 'out'}"]
         sim = TINY_SIM if tiny else []
         if config_name == "train":
@@ -40,7 +42,11 @@ def compose_cfg(cache_dir: Path, tmp_path: Path) -> Iterator[Callable[..., DictC
             base += ["threads=1"] if tiny else []
         elif config_name == "prep":
             base += sim
-        return compose(config_name=config_name, overrides=[*base, *overrides])
+        return compose(
+            config_name=config_name,
+            overrides=[*base, *overrides],
+            return_hydra_config=return_hydra,
+        )
 
     with initialize_config_module(config_module="atrank.conf", version_base="1.3"):
         yield _compose

@@ -145,3 +145,11 @@ def test_every_encoder_trains_through_the_same_command(compose_cfg: Compose, enc
         "purchase",
         "coupon",
     }
+
+
+def test_slurm_launcher_config_composes_without_a_cluster(compose_cfg: Compose) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="slurm extra not installed")
+    cfg = compose_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu", return_hydra=True)
+    launcher = cfg.hydra.launcher
+    assert "SlurmLauncher" in launcher._target_
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
