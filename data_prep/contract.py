@@ -63,6 +63,15 @@ SAMPLE_BASE_SCHEMA: dict[str, pl.DataType] = {
     **{f: pl.String() for f in ID_FIELDS},
 }
 
+#: Optional samples column: the split a source assigns to each row (Int8 index into
+#: :data:`SPLITS`: 0 train, 1 val, 2 test). Read only with the ``leave_last_out`` split
+#: method (per-user splits, e.g. the next-item protocol); ignored by the global time cut.
+SPLIT_COL = "split"
+
+#: Split methods of the preparation: one global time cut over the samples, or the split
+#: the source assigns per row (:data:`SPLIT_COL`), e.g. each user's last positive = test.
+SPLIT_METHODS: tuple[str, ...] = ("global_time_cut", "leave_last_out")
+
 LABEL_PREFIX = "label_"
 PROB_PREFIX = "prob_"
 

@@ -19,7 +19,14 @@ import polars as pl
 
 from data_prep import contract as c
 from data_prep.history import TIMELINE_COLUMNS, attach_history, sort_timeline, user_offsets
-from data_prep.split import TimeCut, cut_exprs, split_expr
+from data_prep.split import (
+    Cut,
+    cut_exprs,
+    given_exprs,
+    split_expr,
+    train_events,
+    train_samples,
+)
 from data_prep.validate import (
     EVENTS,
     SAMPLES,
@@ -106,7 +113,8 @@ def table_stats(
 
     Returns:
         One flat dict: ``ev_*`` and ``sm_*`` statistics (see ``report.table_report``) and
-        the ``sm_t_val``/``sm_t_test``/``sm_n_<split>`` cut statistics.
+        the ``sm_t_val``/``sm_t_test``/``sm_n_<split>`` cut statistics (only the
+        ``sm_n_<split>`` sizes when the samples carry their split).
     """
     stats: dict[str, Any] = {}
     for raw, df, info in tables:
@@ -120,7 +128,9 @@ def table_stats(
             *masked_count_exprs(keep, prefix + "masked_"),
             *first_bad_row_exprs(checks, prefix + "bad"),
         ]
-        if info.name == SAMPLES:
+        if info.name == SAMPLES and info.has_split:
+            aggs += given_exprs(keep, prefix)
+        elif info.name == SAMPLES:
             aggs += cut_exprs(pl.col(c.TS).filter(keep), val_frac, test_frac, prefix)
         row = df.select(aggs).row(0, named=True)
         for i, chk in enumerate(checks):
@@ -136,19 +146,19 @@ def kept(df: pl.DataFrame, info: TableInfo) -> pl.DataFrame:
     return df.filter(keep_expr(drop_rules(info))).drop(internal)
 
 
-def fit(ev: pl.DataFrame, sm: pl.DataFrame, cut: TimeCut, min_count: int) -> Fitted:
+def fit(ev: pl.DataFrame, sm: pl.DataFrame, cut: Cut, min_count: int) -> Fitted:
     """Vocabularies from the training split only, and the user index over all kept rows.
 
     Args:
         ev: kept compact events.
         sm: kept compact samples.
-        cut: the time cut (training = ``ts < t_val``).
+        cut: the split (see ``split.train_events``/``split.train_samples``).
         min_count: vocabulary threshold.
 
     Returns:
         The :class:`Fitted` vocabularies, users and lookup arrays.
     """
-    train = [df.lazy().filter(pl.col(c.TS) < cut.t_val) for df in (ev, sm)]
+    train = [train_events(ev.lazy(), sm.lazy(), cut), train_samples(sm.lazy(), cut)]
     queries = [fit_vocab(train, f, min_count) for f in c.ID_FIELDS]
     queries.append(fit_vocab(train[:1], c.ACTION, min_count, masked=False))
     queries.append(fit_users([ev.lazy(), sm.lazy()]))
@@ -196,7 +206,7 @@ def build_samples(
     fitted: Fitted,
     timeline: pl.DataFrame,
     offsets: pl.DataFrame,
-    cut: TimeCut,
+    cut: Cut,
 ) -> pl.DataFrame:
     """Coded samples of all splits with their history pointers, in file order.
 
@@ -206,7 +216,7 @@ def build_samples(
         fitted: from :func:`fit`.
         timeline: from :func:`build_timeline`.
         offsets: the users table from :func:`build_timeline`.
-        cut: the time cut.
+        cut: the split.
 
     Returns:
         One frame with the split code column ``split.SPLIT``, sorted by time, user, then
@@ -219,6 +229,7 @@ def build_samples(
         *_coded(fitted, with_action=False),
         *labels,
         *(pl.col(p).cast(pl.Float32) for p in probs),
+        *([c.SPLIT_COL] if info.has_split else []),
     )
     return (
         attach_history(coded, offsets, timeline.lazy())

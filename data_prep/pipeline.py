@@ -40,7 +40,7 @@ from data_prep.report import (
     table_report,
     task_meta,
 )
-from data_prep.split import SPLIT, TimeCut, check_cut
+from data_prep.split import SPLIT, Cut, TimeCut, check_cut, check_given
 from data_prep.validate import EVENTS, SAMPLES, TableInfo, drop_rules, inspect_table
 from data_prep.vocab import ACTION_VOCAB, CODE
 
@@ -190,6 +190,8 @@ def prepare(
     source: dict[str, Any],
     fingerprint: str,
     force: bool = False,
+    split: str = "global_time_cut",
+    extra_report: dict[str, Any] | None = None,
 ) -> PrepResult:
     """Prepares the training files from the canonical tables (prints nothing).
 
@@ -201,6 +203,9 @@ def prepare(
         source: free description of the data source, stored in ``meta.json``.
         fingerprint: identity of this preparation (see :func:`fingerprint`).
         force: re-run even when ``out_dir`` holds an up-to-date preparation.
+        split: ``"global_time_cut"`` (``cfg.val_frac``/``test_frac``) or
+            ``"leave_last_out"`` (the samples' ``contract.SPLIT_COL`` decides).
+        extra_report: added to ``report.json`` as is (e.g. the source's skip counts).
 
     Returns:
         The :class:`PrepResult`; ``skipped`` when ``out_dir`` already had a preparation with
@@ -211,12 +216,16 @@ def prepare(
     out_dir = Path(out_dir)
     if not force and (done := up_to_date(out_dir, fingerprint, cfg)) is not None:
         return done
-    ev_info, sm_info = inspect_table(events, EVENTS), inspect_table(samples, SAMPLES)
+    if split not in c.SPLIT_METHODS:
+        raise PrepError(f"split: unknown method {split!r}; known: {list(c.SPLIT_METHODS)}")
+    given = split == "leave_last_out"
+    ev_info = inspect_table(events, EVENTS)
+    sm_info = inspect_table(samples, SAMPLES, given_split=given)
     ev_all, sm_all = scan(events, samples, ev_info, sm_info)
     stats = table_stats(
         [(events, ev_all, ev_info), (samples, sm_all, sm_info)], cfg.val_frac, cfg.test_frac
     )
-    cut = check_cut(stats, SM)
+    cut: Cut = check_given(stats, SM) if given else check_cut(stats, SM)
     ev, sm = kept(ev_all, ev_info), kept(sm_all, sm_info)
     del ev_all, sm_all  # the compact inputs are the largest frames held
     fitted = fit(ev, sm, cut, cfg.min_count)
@@ -230,9 +239,11 @@ def prepare(
         "splits": split_counts(samples_df, sm_info.tasks),
         "oov_rate": {
             "samples": sample_oov_rates(samples_df),
-            "events": event_oov_rates(timeline.lazy(), cut),
+            "events": event_oov_rates(timeline.lazy(), cut, samples_df),
         },
     }
+    if extra_report:
+        report |= extra_report
     meta = _meta(cfg, source, fingerprint, cut, fitted, samples_df, users, sm_info, report)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +309,7 @@ def _meta(
     cfg: PrepConfig,
     source: dict[str, Any],
     fp: str,
-    cut: TimeCut,
+    cut: Cut,
     fitted: Fitted,
     samples: pl.DataFrame,
     users: pl.DataFrame,
@@ -307,19 +318,22 @@ def _meta(
 ) -> dict[str, Any]:
     """The ``meta.json`` contents (see README.md for every key)."""
     actions = fitted.actions
+    split: dict[str, Any] = {"method": "leave_last_out", "given_by": c.SPLIT_COL}
+    if isinstance(cut, TimeCut):
+        split = {
+            "method": "global_time_cut",
+            "t_val": cut.t_val,
+            "t_test": cut.t_test,
+            "val_frac": cfg.val_frac,
+            "test_frac": cfg.test_frac,
+        }
     return {
         "schema_version": c.SCHEMA_VERSION,
         "source": source,
         "fingerprint": fp,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "prep_config": asdict(cfg),
-        "split": {
-            "method": "global_time_cut",
-            "t_val": cut.t_val,
-            "t_test": cut.t_test,
-            "val_frac": cfg.val_frac,
-            "test_frac": cfg.test_frac,
-        },
+        "split": split,
         "time": {"unit_seconds": cfg.time_unit_seconds, "n_buckets": cfg.n_time_buckets},
         "fields": list(c.ID_FIELDS),
         "vocab_sizes": {f: fitted.vocabs[f].height + c.FIRST_INDEX for f in c.ID_FIELDS},

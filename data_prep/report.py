@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from data_prep import contract as c
-from data_prep.split import SPLIT, TimeCut
+from data_prep.split import SPLIT, Cut, TimeCut, period_expr, user_bounds, with_bounds
 from data_prep.validate import TableInfo
 
 _PERIOD = "__period"
@@ -128,23 +128,32 @@ def sample_oov_rates(samples: pl.DataFrame) -> dict[str, Any]:
     return _rates({r[SPLIT]: r for r in rows.iter_rows(named=True)}, list(c.ID_FIELDS))
 
 
-def event_oov_rates(timeline: pl.LazyFrame, cut: TimeCut) -> dict[str, Any]:
+def event_oov_rates(
+    timeline: pl.LazyFrame, cut: Cut, samples: pl.DataFrame | None = None
+) -> dict[str, Any]:
     """Share of non-null event values coded OOV, per field and action, by split period.
 
     Args:
         timeline: the coded timeline.
-        cut: the time cut (events are assigned to the period their ``ts`` falls in).
+        cut: the split. Global cut: events are assigned to the period their ``ts`` falls
+            in. Given split: per user, val = from the user's first val/test sample, test =
+            from the user's first test sample.
+        samples: coded samples with the split column (needed for a given split).
 
     Returns:
         ``{split: {field: rate or None}}`` for the val and test periods.
     """
     cols = [c.ACTION_IDX, *c.ID_FIELDS]
     ts = pl.col(c.TS)
-    period = pl.when(ts < cut.t_val).then(0).when(ts < cut.t_test).then(1).otherwise(2)
-    rows = (
-        timeline.filter(ts >= cut.t_val)
-        .group_by(period.alias(_PERIOD))
-        .agg(_oov_aggs(cols))
-        .collect()
-    )
+    if isinstance(cut, TimeCut):
+        period = pl.when(ts < cut.t_val).then(0).when(ts < cut.t_test).then(1).otherwise(2)
+        timeline = timeline.filter(ts >= cut.t_val)
+    else:
+        if samples is None:
+            raise ValueError("event_oov_rates: a given split needs the coded samples")
+        user = pl.col(c.USER_IDX)
+        timeline = with_bounds(timeline, user_bounds(samples.lazy(), user), user)
+        period = period_expr(cut)
+        timeline = timeline.filter(period > 0)
+    rows = timeline.group_by(period.alias(_PERIOD)).agg(_oov_aggs(cols)).collect()
     return _rates({r[_PERIOD]: r for r in rows.iter_rows(named=True)}, cols)

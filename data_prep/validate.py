@@ -49,6 +49,7 @@ class TableInfo:
         tasks: task names (samples only), in column order.
         prob_tasks: tasks that also have a ``prob_<task>`` column.
         ignored: input columns that are not part of the contract (dropped).
+        has_split: the samples carry ``contract.SPLIT_COL`` (``leave_last_out`` split).
     """
 
     name: str
@@ -56,6 +57,7 @@ class TableInfo:
     tasks: tuple[str, ...] = ()
     prob_tasks: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
+    has_split: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,12 +91,13 @@ def read_schema(lf: pl.LazyFrame, name: str) -> dict[str, pl.DataType]:
         raise PrepError(f"{name}: cannot read the table: {e}") from e
 
 
-def inspect_table(lf: pl.LazyFrame, name: str) -> TableInfo:
+def inspect_table(lf: pl.LazyFrame, name: str, given_split: bool = False) -> TableInfo:
     """Checks a table's columns and dtypes against the contract (reads no data).
 
     Args:
         lf: the ``events`` or ``samples`` table.
         name: ``"events"`` or ``"samples"``.
+        given_split: (samples) require and read ``contract.SPLIT_COL`` (``leave_last_out``).
 
     Returns:
         The table's :class:`TableInfo`.
@@ -119,8 +122,18 @@ def inspect_table(lf: pl.LazyFrame, name: str) -> TableInfo:
             raise PrepError(f"samples: column {c.LABEL_PREFIX!r} has an empty task name")
         probs = [t for t in tasks if c.prob_col(t) in schema]
     known = set(required) | {c.label_col(t) for t in tasks} | {c.prob_col(t) for t in probs}
+    has_split = name == SAMPLES and given_split
+    if has_split:
+        if c.SPLIT_COL not in schema:
+            raise PrepError(
+                f"samples: the leave_last_out split needs column {c.SPLIT_COL!r} "
+                f"(0 train, 1 val, 2 test); columns: {sorted(schema)}"
+            )
+        if not (schema[c.SPLIT_COL].is_integer() or schema[c.SPLIT_COL] == pl.String):
+            raise _dtype_error(name, c.SPLIT_COL, schema[c.SPLIT_COL], "an integer 0/1/2")
+        known.add(c.SPLIT_COL)
     ignored = tuple(col for col in schema if col not in known)
-    info = TableInfo(name, schema, tuple(tasks), tuple(probs), ignored)
+    info = TableInfo(name, schema, tuple(tasks), tuple(probs), ignored, has_split)
     _check_dtypes(info)
     return info
 
@@ -192,6 +205,10 @@ def row_check_exprs(info: TableInfo) -> list[RowCheck]:
         p = pl.col(col).cast(pl.Float64)
         bad = p.is_not_null() & ~((p >= 0.0) & (p <= 1.0)).fill_null(False)
         checks.append(RowCheck(col, "probabilities must be in [0, 1] or null", bad))
+    if info.has_split:
+        split = pl.col(c.SPLIT_COL).cast(pl.Int64, strict=False)
+        bad = ~split.is_in([0, 1, 2]).fill_null(False)
+        checks.append(RowCheck(c.SPLIT_COL, "split must be 0 (train), 1 (val) or 2 (test)", bad))
     return checks
 
 
@@ -222,6 +239,8 @@ def compact_query(
         col = c.label_col(t)
         exprs.append(_label_expr(col, info.schema[col]).alias(col))
     exprs += [pl.col(c.prob_col(t)).cast(pl.Float64) for t in info.prob_tasks]
+    if info.has_split:
+        exprs.append(pl.col(c.SPLIT_COL).cast(pl.Int8, strict=False))
     exprs += flag_exprs(checks)
     if checks:
         return lf.with_row_index(ROW).select(pl.col(ROW), *exprs)

@@ -181,9 +181,10 @@ def write_metrics(metrics: dict[str, float], out_dir: Path, title: str) -> Path:
     for col in ("task", "metric", "value"):
         table.add_column(col)
     # One block per task: its test metrics, then the oracle beside them.
+    stage_order = {"test": 0, "val": 0, "oracle": 1, "best": 2}
     keys = sorted(
         (k.split("/") for k in metrics if k.count("/") == 2),
-        key=lambda p: (p[1], p[0] == "oracle", p[2]),
+        key=lambda p: (p[1], stage_order.get(p[0], 3), p[0], p[2]),
     )
     for stage, task, name in keys:
         table.add_row(task, f"{stage}/{name}", f"{metrics[f'{stage}/{task}/{name}']:.4f}")
