@@ -5,6 +5,7 @@ Config is read here (the edge) and nowhere below: everything else takes typed ar
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False
     )
 
-    if cfg.get("train", True):
-        trainer.fit(system, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        start = time.perf_counter()
+        trainer.fit(system, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        metrics["fit/seconds"] = time.perf_counter() - start
+        metrics["fit/epochs"] = float(trainer.current_epoch)
     if cfg.get("test", True):  # the best checkpoint on val/monitor
         ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)  # type: ignore[attr-defined]
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         trainer.test(system, datamodule=dm, ckpt_path=best)
-        metrics = collect_test_metrics(trainer.callback_metrics, list(tasks))
+        metrics.update(collect_test_metrics(trainer.callback_metrics, list(tasks)))
         for task, auc in oracle_aucs(dm.splits["test"], list(tasks)).items():
             metrics[f"oracle/{task}/auc"] = auc
     for cb in callbacks:
