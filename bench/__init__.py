@@ -1,0 +1,1 @@
+"""Benchmark suite of ATRank-MT (not part of the product): ``python -m bench.run``."""
