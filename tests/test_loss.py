@@ -129,3 +129,20 @@ def test_missing_entry_raises_key_error_naming_the_task(missing_from: str) -> No
             l2=tables["l2"],  # type: ignore[arg-type]
             l2_weight=1e-3,
         )
+
+
+def test_uncertainty_weighting_at_zero_equals_fixed_and_moves_the_log_vars() -> None:
+    logits = {"a": torch.randn(8), "b": torch.randn(8)}
+    labels = {k: (torch.rand(8) > 0.5).float() for k in logits}
+    masks = {k: torch.ones(8, dtype=torch.bool) for k in logits}
+    weights = {"a": 1.0, "b": 2.0}
+    fixed, _ = multitask_loss(logits, labels, masks, weights)
+    s = {k: torch.zeros((), requires_grad=True) for k in logits}
+    learned, per_task = multitask_loss(logits, labels, masks, weights, log_vars=s)
+    assert torch.allclose(fixed, learned)
+    learned.backward()
+    for k in logits:  # d/ds [w (exp(-s) L + s/2)] at s=0 = w (1/2 - L)
+        want = weights[k] * (0.5 - float(per_task[k]))
+        assert s[k].grad is not None and abs(float(s[k].grad) - want) < 1e-5
+    with pytest.raises(KeyError, match="'b'"):
+        multitask_loss(logits, labels, masks, weights, log_vars={"a": s["a"]})

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from atrank.config import ConfigError
+from atrank.config import ConfigError, data_config
 from atrank.evaluate import evaluate
 from atrank.train import train
 from data_prep import contract as C
@@ -154,3 +154,37 @@ def test_slurm_launcher_config_composes_without_a_cluster(compose_cfg: Compose) 
     launcher = cfg.hydra.launcher
     assert "SlurmLauncher" in launcher._target_
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
+
+
+def test_conversion_task_uses_the_clicked_sample_space(compose_cfg: Compose) -> None:
+    from atrank.config import task_configs
+    from atrank.runtime import make_datamodule, resolve_data_dir
+
+    cfg = compose_cfg("task=[click,purchase_cvr]", "debug=fdr")
+    metrics = train(cfg)
+    assert _tasks_of(metrics) == {"click", "purchase_cvr"}
+    assert "oracle/purchase_cvr/auc" not in metrics  # P(purchase) is no oracle within clicks
+    dm = make_datamodule(resolve_data_dir(cfg), data_config(cfg), task_configs(cfg), seed=0)
+    for split in dm.splits.values():
+        cvr, click = split.labels["purchase_cvr"], split.labels["click"]
+        assert torch.equal(cvr >= 0, click == 1)  # labelled exactly on clicked impressions
+
+
+def test_sample_space_errors_name_the_task(compose_cfg: Compose) -> None:
+    with pytest.raises(ConfigError, match=r"task\.purchase_cvr\.space\.click"):
+        train(compose_cfg("task=[purchase_cvr]", "task.purchase_cvr.space.click=5"))
+    # coupon rows have no click label: this space leaves the task without any row
+    with pytest.raises(PrepError, match="'coupon'.*no labelled row"):
+        train(compose_cfg("task=[coupon]", "+task.coupon.space.click=1", "debug=fdr"))
+
+
+def test_uncertainty_weighting_learns_a_weight_per_task(compose_cfg: Compose) -> None:
+    cfg = compose_cfg("loss_weighting=uncertainty", "debug=limit", "data.batch_size=64")
+    train(cfg)
+    (ckpt,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    log_vars = {k: float(v) for k, v in state.items() if k.startswith("log_vars.")}
+    assert set(log_vars) == {"log_vars.click", "log_vars.purchase", "log_vars.coupon"}
+    assert any(v != 0.0 for v in log_vars.values())  # they moved from their start at 0
+    with pytest.raises(ConfigError, match="loss_weighting"):
+        train(compose_cfg("loss_weighting=magic", "debug=fdr"))

@@ -53,6 +53,8 @@ class TaskConfig:
     target: str = "item"
     weight: float = 1.0
     monitor_weight: float = 1.0
+    label: str | None = None  # the data's label to learn; None = the task's own name
+    space: dict[str, int] = field(default_factory=dict)  # rows kept: other labels == values
 
 
 def typed(schema: type, node: Any, key: str) -> Any:
@@ -96,6 +98,16 @@ def model_config(cfg: DictConfig) -> ModelConfig:
     return m
 
 
+def loss_weighting(cfg: DictConfig) -> str:
+    """Checks ``cfg.loss_weighting``."""
+    value = cfg.get("loss_weighting", "fixed")
+    if value not in ("fixed", "uncertainty"):
+        raise ConfigError(
+            f"config key 'loss_weighting' must be fixed or uncertainty, got {value!r}"
+        )
+    return str(value)
+
+
 def task_configs(cfg: DictConfig) -> dict[str, TaskConfig]:
     """Checks ``cfg.task``: one entry per trained task, keyed by task name."""
     node = cfg.get("task")
@@ -112,5 +124,10 @@ def task_configs(cfg: DictConfig) -> dict[str, TaskConfig]:
             raise ConfigError(
                 f"config key 'task.{name}.monitor_weight' must be >= 0, got {t.monitor_weight}"
             )
+        for dep, value in t.space.items():
+            if value not in (0, 1):
+                raise ConfigError(
+                    f"config key 'task.{name}.space.{dep}' must be 0 or 1, got {value}"
+                )
         tasks[str(name)] = t
     return tasks

@@ -16,7 +16,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from atrank.config import ConfigError, DataConfig, ModelConfig, TaskConfig
 from atrank.data.datamodule import ATRankDataModule
-from atrank.data.store import SampleTable
+from atrank.data.store import LabelSpec, SampleTable
 from atrank.model import ATRankModel, build_model
 from data_prep.sources import prepare_from_config
 
@@ -87,9 +87,10 @@ def make_datamodule(
     eval_batch_size: int | None = None,
 ) -> ATRankDataModule:
     """Loads the prepared data and checks the configured tasks against it."""
+    specs = {n: LabelSpec(t.label or n, dict(t.space)) for n, t in tasks.items()}
     dm = ATRankDataModule(
         dir=str(data_dir),
-        tasks=list(tasks),
+        tasks=specs,
         batch_size=data.batch_size,
         eval_batch_size=eval_batch_size or data.eval_batch_size,
         max_len=data.max_len,
@@ -105,10 +106,10 @@ def make_datamodule(
 def check_tasks(tasks: dict[str, TaskConfig], meta: dict[str, Any], data_dir: Path) -> None:
     """Each configured task must exist in the data with the declared target type."""
     for name, t in tasks.items():
-        info = meta["tasks"].get(name)
+        info = meta["tasks"].get(t.label or name)
         if info is None:
             raise ConfigError(
-                f"task.{name}: {data_dir / 'meta.json'} has no label for task {name!r} "
+                f"task.{name}: {data_dir / 'meta.json'} has no label {t.label or name!r} "
                 f"(it has {sorted(meta['tasks'])})"
             )
         if t.target not in meta["groups"]:

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from atrank.config import data_config, model_config, task_configs
+from atrank.config import data_config, loss_weighting, model_config, task_configs
 from atrank.runtime import (
     instantiate_all,
     make_datamodule,
@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         monitor_weights={n: t.monitor_weight for n, t in tasks.items()},
         run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
         data_dir=str(data_dir),
+        loss_weighting=loss_weighting(cfg),
     )
     callbacks: list[Callback] = instantiate_all(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_all(cfg.get("logger"))

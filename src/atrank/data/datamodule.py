@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from atrank.data.batch import Batch
 from atrank.data.batching import BatchBuilder, BatchDataset, BatchIndexSampler
-from atrank.data.store import SampleTable, Timeline, read_prepared
+from atrank.data.store import LabelSpec, SampleTable, Timeline, read_prepared
 
 
 def _one_thread_per_worker(_: int) -> None:
@@ -25,7 +25,8 @@ class ATRankDataModule(L.LightningDataModule):
 
     Args:
         dir: prepared-data directory (``meta.json``, ``timeline.parquet``, ``samples_*.parquet``).
-        tasks: task names whose labels are loaded; each must exist in the data.
+        tasks: task names whose labels are loaded, or task name -> :class:`LabelSpec` (label
+            source and sample space); every label read must exist in the data.
         batch_size: training samples per batch and per device.
         eval_batch_size: validation/test samples per batch and per device.
         max_len: history window T (most recent behaviours kept).
@@ -37,7 +38,7 @@ class ATRankDataModule(L.LightningDataModule):
     def __init__(
         self,
         dir: str,
-        tasks: list[str],
+        tasks: list[str] | dict[str, LabelSpec],
         batch_size: int = 512,
         eval_batch_size: int = 2048,
         max_len: int = 30,
@@ -47,7 +48,7 @@ class ATRankDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.dir = Path(dir)
-        self.tasks = list(tasks)
+        self.tasks = tasks
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_len, self.num_workers, self.pin_memory = max_len, num_workers, pin_memory
         self.seed = seed

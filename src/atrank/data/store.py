@@ -5,7 +5,7 @@ Shape glossary: N timeline rows (all behaviours of all users), S samples of one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,29 @@ class Timeline:
         )
 
 
+@dataclass(frozen=True)
+class LabelSpec:
+    """Where a task's labels come from, and on which rows it is trained and scored.
+
+    Attributes:
+        label: the prepared label column's task name (``label_<label>``).
+        space: the task's sample space: only rows whose other labels equal these values,
+            e.g. ``{"click": 1}`` scores purchase on clicked impressions only (conversion).
+            Outside it the label is masked, for the loss and the metrics alike.
+    """
+
+    label: str
+    space: dict[str, int] = field(default_factory=dict)
+
+    def sources(self) -> set[str]:
+        """Every label column this task reads."""
+        return {self.label, *self.space}
+
+
+def _specs(tasks: list[str] | dict[str, LabelSpec]) -> dict[str, LabelSpec]:
+    return dict(tasks) if isinstance(tasks, dict) else {t: LabelSpec(t) for t in tasks}
+
+
 @dataclass
 class SampleTable:
     """One split's samples.
@@ -84,32 +107,54 @@ class SampleTable:
         return int(self.ts.shape[0])
 
     @classmethod
-    def read(cls, path: Path, tasks: list[str]) -> SampleTable:
+    def read(cls, path: Path, tasks: list[str] | dict[str, LabelSpec]) -> SampleTable:
         """Reads one ``samples_<split>.parquet`` keeping the given tasks' labels.
 
+        Args:
+            path: the split's file.
+            tasks: task names, or task name -> :class:`LabelSpec` (label source and space).
+
         Raises:
-            PrepError: naming the file when it has no rows or lacks a task's label column.
+            PrepError: naming the file when it has no rows, lacks a task's label column, or a
+                task's sample space leaves it no row.
         """
+        specs = _specs(tasks)
         df = pl.read_parquet(path)
         if df.height == 0:
             raise PrepError(
                 f"{path}: the split is empty; re-run atrank-prep with other split fractions"
             )
-        for task in tasks:
-            if C.label_col(task) not in df.columns:
-                raise PrepError(f"{path}: no column {C.label_col(task)!r} for task {task!r}")
-        labels = {
-            t: torch.from_numpy(
-                df.get_column(C.label_col(t)).fill_null(-1).cast(pl.Int8).to_numpy()
+        sources = sorted(set().union(*(s.sources() for s in specs.values())))
+        for src in sources:
+            if C.label_col(src) not in df.columns:
+                raise PrepError(f"{path}: no column {C.label_col(src)!r} for task {src!r}")
+        raw = {
+            s: torch.from_numpy(
+                df.get_column(C.label_col(s)).fill_null(-1).cast(pl.Int8).to_numpy()
             )
-            for t in tasks
+            for s in sources
         }
+        labels: dict[str, Tensor] = {}
+        for task, spec in specs.items():
+            keep = torch.ones_like(raw[spec.label], dtype=torch.bool)
+            for dep, value in spec.space.items():
+                keep &= raw[dep] == value
+            labels[task] = torch.where(keep, raw[spec.label], torch.full_like(raw[spec.label], -1))
+            if not bool((labels[task] >= 0).any()):
+                raise PrepError(
+                    f"{path}: task {task!r} has no labelled row in this split"
+                    + (f" within its sample space {spec.space}" if spec.space else "")
+                )
         prob = {
-            t: torch.from_numpy(
-                df.get_column(C.prob_col(t)).cast(pl.Float32).fill_null(float("nan")).to_numpy()
+            task: torch.from_numpy(
+                df.get_column(C.prob_col(spec.label))
+                .cast(pl.Float32)
+                .fill_null(float("nan"))
+                .to_numpy()
             )
-            for t in tasks
-            if C.prob_col(t) in df.columns
+            for task, spec in specs.items()
+            # P(label) is not the probability within a narrower sample space: no oracle there
+            if C.prob_col(spec.label) in df.columns and not spec.space
         }
         return cls(
             user=_tensor(df, C.USER_IDX, torch.int64),
@@ -123,12 +168,15 @@ class SampleTable:
         )
 
 
-def read_prepared(root: Path, tasks: list[str]) -> tuple[dict, Timeline, dict[str, SampleTable]]:
+def read_prepared(
+    root: Path, tasks: list[str] | dict[str, LabelSpec]
+) -> tuple[dict, Timeline, dict[str, SampleTable]]:
     """Reads meta, timeline and every split of a prepared-data directory.
 
     Args:
         root: the directory ``atrank-prep`` wrote.
-        tasks: task names whose labels to load; each must exist in ``meta.json``.
+        tasks: task names (or name -> :class:`LabelSpec`); every label read must exist in
+            ``meta.json``.
 
     Returns:
         ``(meta, timeline, {split: samples})``.
@@ -138,12 +186,13 @@ def read_prepared(root: Path, tasks: list[str]) -> tuple[dict, Timeline, dict[st
     """
     meta = load_meta(root)
     known = sorted(meta.get("tasks", {}))
-    for task in tasks:
-        if task not in known:
-            raise PrepError(
-                f"{root / C.META_FILE}: the data has no task {task!r} (it has {known}); "
-                "choose tasks with task=[...]"
-            )
+    for task, spec in _specs(tasks).items():
+        for src in sorted(spec.sources()):
+            if src not in known:
+                raise PrepError(
+                    f"{root / C.META_FILE}: the data has no labels {src!r} for task {task!r} "
+                    f"(it has {known}); choose tasks with task=[...]"
+                )
     timeline = Timeline.read(root / C.TIMELINE_FILE)
     splits = {s: SampleTable.read(root / C.samples_file(s), tasks) for s in C.SPLITS}
     return meta, timeline, splits

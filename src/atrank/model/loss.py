@@ -48,6 +48,7 @@ def multitask_loss(
     weights: dict[str, float],
     l2: dict[str, Tensor] | None = None,
     l2_weight: float = 0.0,
+    log_vars: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of the tasks' masked losses, tasks matched by name.
 
@@ -63,6 +64,9 @@ def multitask_loss(
         weights: ``task -> weight``; entries for tasks absent from ``logits`` are ignored.
         l2: ``task -> (B,)`` per-row L2 terms (``ModelOutput.l2``), or None.
         l2_weight: weight of the L2 term; 0 skips it.
+        log_vars: learned ``task -> log sigma^2`` for uncertainty weighting (Kendall, Gal and
+            Cipolla, 2018): a task's cross-entropy becomes ``exp(-s) * bce + s / 2``, so noisy
+            tasks are weighted down and ``s`` cannot run off to infinity. None: fixed weights.
 
     Returns:
         ``(total, per_task)``: the scalar total and ``task -> scalar`` cross-entropy (without
@@ -81,6 +85,11 @@ def multitask_loss(
                 raise KeyError(f"{name} has no entry for task {task!r}")
         per_task[task] = masked_bce_with_logits(task_logits, labels[task], masks[task])
         task_loss = per_task[task]
+        if log_vars is not None:
+            if task not in log_vars:
+                raise KeyError(f"log_vars has no entry for task {task!r}")
+            s = log_vars[task]
+            task_loss = torch.exp(-s) * task_loss + 0.5 * s
         if l2 is not None and l2_weight != 0.0:
             if task not in l2:
                 raise KeyError(f"l2 has no entry for task {task!r}")

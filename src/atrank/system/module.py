@@ -42,6 +42,9 @@ class ATRankSystem(L.LightningModule):
         run_config: the resolved run config, kept in checkpoints so ``atrank-eval`` can rebuild
             the model without the original command line.
         data_dir: the prepared data trained on (kept in checkpoints likewise).
+        loss_weighting: ``"fixed"`` (the task weights) or ``"uncertainty"`` (learned per-task
+            weights, Kendall et al. 2018, on top of the fixed ones); logged as
+            ``train/<task>/log_var``.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class ATRankSystem(L.LightningModule):
         monitor_weights: dict[str, float] | None = None,
         run_config: dict[str, Any] | None = None,
         data_dir: str | None = None,
+        loss_weighting: str = "fixed",
     ) -> None:
         super().__init__()
         if not task_weights:
@@ -68,6 +72,15 @@ class ATRankSystem(L.LightningModule):
         self.scheduler_factory = scheduler
         self.l2_weight = l2_weight
         self.monitor_weights = dict(monitor_weights or {t: 1.0 for t in task_weights})
+        if loss_weighting not in ("fixed", "uncertainty"):
+            raise ValueError(
+                f"loss_weighting must be 'fixed' or 'uncertainty', got {loss_weighting!r}"
+            )
+        self.log_vars = (
+            nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in task_weights})
+            if loss_weighting == "uncertainty"
+            else None
+        )
         self.metrics = nn.ModuleDict(
             {s: nn.ModuleDict({t: TaskMetrics() for t in task_weights}) for s in EVAL_STAGES}
         )
@@ -78,13 +91,22 @@ class ATRankSystem(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.model(batch)
+        log_vars = dict(self.log_vars.items()) if self.log_vars is not None else None
         total, per_task = multitask_loss(
-            out.logits, batch.labels, batch.label_mask, self.task_weights, out.l2, self.l2_weight
+            out.logits,
+            batch.labels,
+            batch.label_mask,
+            self.task_weights,
+            out.l2,
+            self.l2_weight,
+            log_vars,
         )
         bs = batch.size
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for task, loss in per_task.items():
             self.log(f"train/{task}/loss", loss, batch_size=bs)
+            if log_vars is not None:
+                self.log(f"train/{task}/log_var", log_vars[task], batch_size=bs)
         return total
 
     def _stage_metrics(self, stage: str) -> dict[str, TaskMetrics]:
