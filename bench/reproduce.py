@@ -44,23 +44,29 @@ SETUPS = {
 }
 
 
-def run_one(setup: Setup, encoder: str, seed: int, out: Path, extra: list[str]) -> dict[str, float]:
-    """Trains and tests one configuration; returns its metrics.json."""
-    run_dir = out / setup.name / encoder / f"seed{seed}"
+def train_run(run_dir: Path, overrides: list[str]) -> dict[str, float]:
+    """Runs ``atrank-train`` with these overrides into ``run_dir``; returns its metrics.json.
+
+    Resumable: a run whose metrics.json exists is not run again.
+    """
     metrics_file = run_dir / "metrics.json"
-    if metrics_file.exists():  # resumable: finished runs are kept
+    if metrics_file.exists():
         return dict(json.loads(metrics_file.read_text()))
     exe = shutil.which("atrank-train", path=str(Path(sys.executable).parent)) or "atrank-train"
-    cmd = [
-        exe, f"experiment={setup.experiment}", f"model/encoder={encoder}", f"seed={seed}",
-        "logger=csv", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}", *extra,
-    ]  # fmt: skip
+    cmd = [exe, *overrides, "logger=csv", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"]
     print(" ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "WANDB_MODE": "offline"})
     return dict(json.loads(metrics_file.read_text()))
 
 
-def _cell(values: list[float]) -> str:
+def run_one(setup: Setup, encoder: str, seed: int, out: Path, extra: list[str]) -> dict[str, float]:
+    """Trains and tests one (setup, encoder, seed)."""
+    overrides = [f"experiment={setup.experiment}", f"model/encoder={encoder}", f"seed={seed}"]
+    return train_run(out / setup.name / encoder / f"seed{seed}", [*overrides, *extra])
+
+
+def cell(values: list[float]) -> str:
+    """``mean ± sd`` of a list (``-`` when empty)."""
     if not values:
         return "-"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -76,7 +82,7 @@ def table(setup: Setup, results: dict[str, list[dict[str, float]]]) -> str:
     ]
     for enc, runs in results.items():
         cells = [
-            _cell([r[f"test/{t}/{m}"] for r in runs]) for t in setup.tasks for m in setup.metrics
+            cell([r[f"test/{t}/{m}"] for r in runs]) for t in setup.tasks for m in setup.metrics
         ]
         per_epoch = [r["fit/seconds"] / max(r["fit/epochs"], 1.0) for r in runs]
         epochs = [r["fit/epochs"] for r in runs]
