@@ -65,6 +65,23 @@ def run_one(setup: Setup, encoder: str, seed: int, out: Path, extra: list[str]) 
     return train_run(out / setup.name / encoder / f"seed{seed}", [*overrides, *extra])
 
 
+def write_section(path: Path, key: str, text: str) -> None:
+    """Puts ``text`` between ``<!-- begin:key -->`` and ``<!-- end:key -->`` in ``path``.
+
+    Replaces an earlier section of the same key, keeps everything else (the other scripts'
+    sections and hand-written analysis).
+    """
+    begin, end = f"<!-- begin:{key} -->", f"<!-- end:{key} -->"
+    old = path.read_text() if path.exists() else "# Results\n"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
+
+
 def cell(values: list[float]) -> str:
     """``mean ± sd`` of a list (``-`` when empty)."""
     if not values:
@@ -118,7 +135,6 @@ def main() -> None:
     args = ap.parse_args()
     extra = list(args.overrides) + (["debug=limit"] if args.quick else [])
     sections = [
-        "# Results\n",
         f"Produced by `python -m bench.reproduce {' '.join(sys.argv[1:])}` on {machine()}.\n",
     ]
     for name in args.setups:
@@ -129,8 +145,7 @@ def main() -> None:
         }
         sections.append(f"## {name} (`experiment={setup.experiment}`)\n")
         sections.append(table(setup, results) + "\n")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text("\n".join(sections))
+    write_section(args.results, "reproduce", "\n".join(sections))
     print(f"wrote {args.results}")
 
 

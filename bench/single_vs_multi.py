@@ -5,7 +5,7 @@
 
 Every model gets the same trainer budget (max epochs, early stopping on its own validation
 monitor) and the same sizes; the single-task models are the same code with ``task=[<one>]``.
-Appends a section to ``docs/RESULTS.md`` (or ``--results``).
+Writes its section of ``docs/RESULTS.md`` (or ``--results``), keeping the other sections.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.reproduce import ROOT, cell, machine, train_run
+from bench.reproduce import ROOT, cell, machine, train_run, write_section
 
 SETUPS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "default": ([], ("click", "purchase", "coupon")),
@@ -68,10 +68,8 @@ def main() -> None:
     cmd = " ".join(["python -m bench.single_vs_multi", *sys.argv[1:]])
     parts = [f"\nProduced by `{cmd}` on {machine()}.\n"]
     parts += [section(name, args.seeds, args.out, extra) for name in args.setups]
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("a") as f:
-        f.write("\n".join(parts))
-    print(f"appended to {args.results}")
+    write_section(args.results, "single_vs_multi", "\n".join(parts))
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
