@@ -107,17 +107,3 @@ def attach_history(
         .with_columns(end)
         .drop(_ROW)
     )
-
-
-def read_history(timeline: pl.DataFrame, hist_start: int, hist_end: int) -> pl.DataFrame:
-    """One sample's history (for tests and debugging; training slices arrays directly).
-
-    Args:
-        timeline: the loaded timeline.
-        hist_start: the sample's ``hist_start``.
-        hist_end: the sample's ``hist_end``.
-
-    Returns:
-        The history rows, oldest first.
-    """
-    return timeline.slice(hist_start, hist_end - hist_start)

@@ -18,7 +18,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 TINY_SIM = ["dataset.n_users=300", "dataset.events_per_user=40", "dataset.n_items=300"]
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,11 @@ def instantiate_all(node: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in node.values() if c is not None and "_target_" in c]
 
 
+def instantiate_optional(node: DictConfig | None) -> Any:
+    """Instantiates a ``_target_`` node (e.g. a partial scheduler); None for an empty group."""
+    return hydra.utils.instantiate(node) if node and "_target_" in node else None
+
+
 def make_datamodule(
     data_dir: Path,
     data: DataConfig,

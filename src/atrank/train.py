@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from atrank.config import data_config, loss_weighting, model_config, task_configs
 from atrank.runtime import (
     instantiate_all,
+    instantiate_optional,
     make_datamodule,
     model_from_meta,
     oracle_aucs,
@@ -29,10 +30,6 @@ from atrank.runtime import (
 from atrank.system.callbacks import PerTaskBest
 from atrank.system.metrics import TaskMetrics
 from atrank.system.module import ATRankSystem
-
-
-def _optional_partial(node: DictConfig | None) -> Any:
-    return hydra.utils.instantiate(node) if node and "_target_" in node else None
 
 
 def collect_test_metrics(
@@ -66,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model,
         task_weights={n: t.weight for n, t in tasks.items()},
         optimizer=hydra.utils.instantiate(cfg.optimizer),
-        scheduler=_optional_partial(cfg.get("scheduler")),
+        scheduler=instantiate_optional(cfg.get("scheduler")),
         l2_weight=model_cfg.l2_weight,
         monitor_weights={n: t.monitor_weight for n, t in tasks.items()},
         run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
