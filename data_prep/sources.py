@@ -34,6 +34,7 @@ from typing import Any
 import polars as pl
 
 from data_prep.adapters import ADAPTERS
+from data_prep.derive import DerivedTask, add_derived_labels, check_negatives, derived_tasks
 from data_prep.pipeline import PrepConfig, PrepError, PrepResult, fingerprint, prepare, up_to_date
 from data_prep.protocol import next_item_samples
 from data_prep.simulator import sim_config_from_dict, simulate
@@ -89,6 +90,7 @@ def prepare_from_config(
     cache_dir: Path,
     out_dir: Path | None = None,
     force: bool = False,
+    derive: dict[str, Any] | None = None,
 ) -> PrepResult:
     """Reads a dataset through its source and prepares it (skipped when already done).
 
@@ -98,6 +100,8 @@ def prepare_from_config(
         cache_dir: where raw generated data and default outputs live.
         out_dir: output directory; None = ``cache_dir/prepared/<name>-<fingerprint>``.
         force: prepare again even when the outputs match.
+        derive: tasks derived from behaviours (:mod:`data_prep.derive`), e.g.
+            ``{"cart": {"actions": ["cart"]}}``.
 
     Returns:
         The preparation result (``skipped`` when the outputs were already there).
@@ -108,9 +112,13 @@ def prepare_from_config(
         known = sorted([*SOURCES, *ADAPTERS])
         raise PrepError(f"dataset.name: unknown dataset {name!r}; known: {known}")
     prep_cfg = prep_config_from_dict(prep)
+    derived = derived_tasks(derive)
     if name in ADAPTERS:
-        return _prepare_adapter(name, params, prep_cfg, cache_dir, out_dir, force)
+        return _prepare_adapter(name, params, prep_cfg, cache_dir, out_dir, force, derived)
+    check_negatives(derived, "impressions", name)
     fp_config = {"dataset": {"name": name, **params}, "prep": asdict(prep_cfg)}
+    if derived:  # (absent when empty: earlier preparations keep their fingerprint)
+        fp_config["derive"] = {k: asdict(t) for k, t in derived.items()}
     # Inputs named by path in the dataset config count with their size and mtime.
     inputs = [Path(str(v)) for k, v in params.items() if k in ("path", "paths") and v]
     fp = fingerprint(fp_config, inputs)
@@ -118,6 +126,9 @@ def prepare_from_config(
     if not force and (done := up_to_date(target, fp, prep_cfg)) is not None:
         return done  # checked before reading the source: no simulation, no scan
     events, samples, _, source = SOURCES[name](params, cache_dir)
+    samples = add_derived_labels(events, samples, derived, name)
+    if derived:
+        source = {**source, "derive": fp_config["derive"]}
     return prepare(events, samples, target, prep_cfg, source, fp, force=force)
 
 
@@ -188,10 +199,14 @@ def _prepare_adapter(
     cache_dir: Path,
     out_dir: Path | None,
     force: bool,
+    derived: dict[str, DerivedTask],
 ) -> PrepResult:
     """:func:`prepare_from_config` for a real-data adapter (see the module docstring)."""
-    fp_config = {"dataset": {"name": name, **params}, "prep": asdict(prep_cfg)}
+    fp_config: dict[str, Any] = {"dataset": {"name": name, **params}, "prep": asdict(prep_cfg)}
+    if derived:
+        fp_config["derive"] = {k: asdict(t) for k, t in derived.items()}
     proto = _protocol_settings(params)
+    check_negatives(derived, "sampled" if proto["protocol"] == "next_item" else "impressions", name)
     opts = _adapter_options(name, params)
     base = [opts[k] for k in ("path", *_PATH_OPTIONS) if opts.get(k) is not None]
     for p in base:
@@ -219,6 +234,7 @@ def _prepare_adapter(
     if proto["protocol"] == "next_item":
         events = result.events.collect()
         tasks = proto["tasks"] or {"click": sorted(events["action"].drop_nulls().unique())}
+        tasks = {**tasks, **{k: list(t.actions) for k, t in derived.items()}}
         samples, stats = next_item_samples(events, tasks, proto["negatives"], proto["seed"])
         report["next_item"] = stats
         events_lf, samples_lf, split = events.lazy(), samples.lazy(), "leave_last_out"
@@ -231,7 +247,10 @@ def _prepare_adapter(
                 "file with labels (O2O: the training file with a Date column) or "
                 "protocol=next_item"
             )
-        events_lf, samples_lf, split = result.events, result.samples, "global_time_cut"
+        events_lf, split = result.events, "global_time_cut"
+        samples_lf = add_derived_labels(events_lf, result.samples, derived, name)
+        if derived:
+            proto["derive"] = fp_config["derive"]
     source = {
         "name": name,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.items()},

@@ -55,6 +55,12 @@ class TaskConfig:
     monitor_weight: float = 1.0
     label: str | None = None  # the data's label to learn; None = the task's own name
     space: dict[str, int] = field(default_factory=dict)  # rows kept: other labels == values
+    # Derived at preparation time: the behaviours that make a positive (None = the data's own
+    # label), where negatives come from (impressions | sampled | None = the data's protocol)
+    # and, on impressions, how many seconds after the impression a behaviour counts.
+    positive: list[str] | None = None
+    negatives: str | None = None
+    horizon: int = 3600
 
 
 def typed(schema: type, node: Any, key: str) -> Any:
@@ -123,6 +129,27 @@ def task_configs(cfg: DictConfig) -> dict[str, TaskConfig]:
         if t.monitor_weight < 0:
             raise ConfigError(
                 f"config key 'task.{name}.monitor_weight' must be >= 0, got {t.monitor_weight}"
+            )
+        if t.positive is not None and not t.positive:
+            raise ConfigError(
+                f"config key 'task.{name}.positive' must list behaviours (e.g. [cart]) or be null"
+            )
+        if t.negatives not in (None, "impressions", "sampled"):
+            raise ConfigError(
+                f"config key 'task.{name}.negatives' must be impressions, sampled or null, "
+                f"got {t.negatives!r}"
+            )
+        if t.positive is None and t.negatives is not None:
+            raise ConfigError(
+                f"config key 'task.{name}.negatives' needs 'task.{name}.positive' (the behaviours "
+                "that make a positive)"
+            )
+        if t.horizon <= 0:
+            raise ConfigError(f"config key 'task.{name}.horizon' must be > 0, got {t.horizon}")
+        if t.positive is not None and t.label is not None:
+            raise ConfigError(
+                f"config key 'task.{name}': a derived task (positive) has its own label; "
+                "set label: null"
             )
         for dep, value in t.space.items():
             if value not in (0, 1):

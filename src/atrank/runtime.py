@@ -55,19 +55,42 @@ def procs_per_node(trainer_cfg: DictConfig) -> int:
     return 1
 
 
-def resolve_data_dir(cfg: DictConfig) -> Path:
-    """The prepared-data directory of a run: ``data.dir``, or the default generated data.
+def derive_spec(tasks: dict[str, TaskConfig]) -> dict[str, dict[str, Any]]:
+    """The preparation's ``derive`` config for the tasks declared by behaviour (``positive``)."""
+    return {
+        name: {
+            "actions": list(t.positive),
+            "target": t.target,
+            "negatives": t.negatives,
+            "horizon": t.horizon,
+        }
+        for name, t in tasks.items()
+        if t.positive is not None
+    }
 
-    Without ``data.dir`` the configured ``dataset`` is generated and prepared into the cache
-    on first use; later runs with the same dataset and prep settings reuse it.
+
+def resolve_data_dir(cfg: DictConfig, tasks: dict[str, TaskConfig] | None = None) -> Path:
+    """The prepared-data directory of a run: ``data.dir``, or the configured dataset prepared.
+
+    Without ``data.dir`` the configured ``dataset`` is generated (or read) and prepared into
+    the cache on first use, with the labels of the tasks declared by behaviour derived from
+    the log; later runs with the same dataset, prep settings and derived tasks reuse it.
     """
+    derive = derive_spec(tasks or {})
     if cfg.data.dir is not None:
+        if derive:
+            raise ConfigError(
+                f"task.{next(iter(derive))}.positive: derived tasks are prepared from the "
+                f"log, but data.dir={cfg.data.dir} is already prepared; drop data.dir, or "
+                "prepare with atrank-prep derive.<task>.actions=[...]"
+            )
         return Path(str(cfg.data.dir))
     result = prepare_from_config(
         OmegaConf.to_container(cfg.dataset, resolve=True),  # type: ignore[arg-type]
         OmegaConf.to_container(cfg.prep, resolve=True),  # type: ignore[arg-type]
         cache_dir=Path(str(cfg.paths.cache_dir)),
         out_dir=None,
+        derive=derive,
     )
     return result.out_dir
 

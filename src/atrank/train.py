@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     set_threads(cfg.get("threads"), data_cfg.num_workers, procs_per_node(cfg.trainer))
     L.seed_everything(int(cfg.seed), workers=True)
 
-    data_dir = resolve_data_dir(cfg)
+    data_dir = resolve_data_dir(cfg, tasks)
     dm = make_datamodule(data_dir, data_cfg, tasks, seed=int(cfg.seed))
 
     model = model_from_meta(dm.meta, model_cfg, tasks)

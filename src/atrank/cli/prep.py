@@ -25,6 +25,7 @@ def _main(cfg: DictConfig) -> None:
         cache_dir=Path(str(cfg.paths.cache_dir)),
         out_dir=Path(str(cfg.out_dir)) if cfg.out_dir is not None else None,
         force=bool(cfg.force),
+        derive=OmegaConf.to_container(cfg.derive, resolve=True) if cfg.get("derive") else None,  # type: ignore[arg-type]
     )
     if result.skipped:
         print(
