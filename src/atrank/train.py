@@ -59,6 +59,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm = make_datamodule(data_dir, data_cfg, tasks, seed=int(cfg.seed))
 
     model = model_from_meta(dm.meta, model_cfg, tasks)
+    if cfg.get("compile", False):
+        # In place: the module's state_dict keys (and so checkpoints) stay the same.
+        model.compile(dynamic=True)
     system = ATRankSystem(
         model,
         task_weights={n: t.weight for n, t in tasks.items()},
