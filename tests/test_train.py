@@ -188,3 +188,17 @@ def test_uncertainty_weighting_learns_a_weight_per_task(compose_cfg: Compose) ->
     assert any(v != 0.0 for v in log_vars.values())  # they moved from their start at 0
     with pytest.raises(ConfigError, match="loss_weighting"):
         train(compose_cfg("loss_weighting=magic", "debug=fdr"))
+
+
+def test_each_task_logs_its_configured_metrics(compose_cfg: Compose) -> None:
+    cfg = compose_cfg("task=[click,coupon]", "task.coupon.metrics=[auc,logloss]", "debug=fdr")
+    metrics = train(cfg)
+    assert {k for k in metrics if k.startswith("test/coupon/")} == {
+        "test/coupon/auc",
+        "test/coupon/logloss",
+    }
+    assert {f"test/click/{m}" for m in METRICS} <= set(metrics)
+    with pytest.raises(ConfigError, match=r"task\.coupon\.metrics.*includes auc"):
+        train(compose_cfg("task=[coupon]", "task.coupon.metrics=[gauc]", "debug=fdr"))
+    with pytest.raises(ConfigError, match=r"task\.coupon\.metrics"):
+        train(compose_cfg("task=[coupon]", "task.coupon.metrics=[auc,ndcg]", "debug=fdr"))

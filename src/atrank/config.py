@@ -48,6 +48,9 @@ class ModelConfig:
     l2_weight: float = 5e-5
 
 
+METRIC_NAMES = ("auc", "gauc", "pair_auc", "logloss")  # atrank.system.metrics.TaskMetrics
+
+
 @dataclass
 class TaskConfig:
     target: str = "item"
@@ -61,6 +64,8 @@ class TaskConfig:
     positive: list[str] | None = None
     negatives: str | None = None
     horizon: int = 3600
+    # Validation/test metrics of the task (auc is always computed: model selection reads it).
+    metrics: list[str] = field(default_factory=lambda: ["auc", "gauc", "pair_auc", "logloss"])
 
 
 def typed(schema: type, node: Any, key: str) -> Any:
@@ -114,6 +119,31 @@ def loss_weighting(cfg: DictConfig) -> str:
     return str(value)
 
 
+def _check_derived(name: str, t: TaskConfig) -> None:
+    """Checks the keys of a task derived from behaviours (``positive``, ``negatives``, ...)."""
+    if t.positive is not None and not t.positive:
+        raise ConfigError(
+            f"config key 'task.{name}.positive' must list behaviours (e.g. [cart]) or be null"
+        )
+    if t.negatives not in (None, "impressions", "sampled"):
+        raise ConfigError(
+            f"config key 'task.{name}.negatives' must be impressions, sampled or null, "
+            f"got {t.negatives!r}"
+        )
+    if t.positive is None and t.negatives is not None:
+        raise ConfigError(
+            f"config key 'task.{name}.negatives' needs 'task.{name}.positive' (the behaviours "
+            "that make a positive)"
+        )
+    if t.horizon <= 0:
+        raise ConfigError(f"config key 'task.{name}.horizon' must be > 0, got {t.horizon}")
+    if t.positive is not None and t.label is not None:
+        raise ConfigError(
+            f"config key 'task.{name}': a derived task (positive) has its own label; "
+            "set label: null"
+        )
+
+
 def task_configs(cfg: DictConfig) -> dict[str, TaskConfig]:
     """Checks ``cfg.task``: one entry per trained task, keyed by task name."""
     node = cfg.get("task")
@@ -130,26 +160,12 @@ def task_configs(cfg: DictConfig) -> dict[str, TaskConfig]:
             raise ConfigError(
                 f"config key 'task.{name}.monitor_weight' must be >= 0, got {t.monitor_weight}"
             )
-        if t.positive is not None and not t.positive:
+        _check_derived(name, t)
+        bad = sorted(set(t.metrics) - set(METRIC_NAMES))
+        if bad or "auc" not in t.metrics:
             raise ConfigError(
-                f"config key 'task.{name}.positive' must list behaviours (e.g. [cart]) or be null"
-            )
-        if t.negatives not in (None, "impressions", "sampled"):
-            raise ConfigError(
-                f"config key 'task.{name}.negatives' must be impressions, sampled or null, "
-                f"got {t.negatives!r}"
-            )
-        if t.positive is None and t.negatives is not None:
-            raise ConfigError(
-                f"config key 'task.{name}.negatives' needs 'task.{name}.positive' (the behaviours "
-                "that make a positive)"
-            )
-        if t.horizon <= 0:
-            raise ConfigError(f"config key 'task.{name}.horizon' must be > 0, got {t.horizon}")
-        if t.positive is not None and t.label is not None:
-            raise ConfigError(
-                f"config key 'task.{name}': a derived task (positive) has its own label; "
-                "set label: null"
+                f"config key 'task.{name}.metrics' must be a subset of {list(METRIC_NAMES)} "
+                f"that includes auc, got {list(t.metrics)}"
             )
         for dep, value in t.space.items():
             if value not in (0, 1):

@@ -54,6 +54,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         task_weights={n: t.weight for n, t in tasks.items()},
         optimizer=torch.optim.Adam,
         monitor_weights={n: t.monitor_weight for n, t in tasks.items()},
+        task_metrics={n: list(t.metrics) for n, t in tasks.items()},
     )
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=[]

@@ -69,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=instantiate_optional(cfg.get("scheduler")),
         l2_weight=model_cfg.l2_weight,
         monitor_weights={n: t.monitor_weight for n, t in tasks.items()},
+        task_metrics={n: list(t.metrics) for n, t in tasks.items()},
         run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
         data_dir=str(data_dir),
         loss_weighting=loss_weighting(cfg),

@@ -9,6 +9,8 @@ Shape glossary: N samples accumulated.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -135,12 +137,20 @@ class TaskMetrics(nn.Module):
 
     NAMES = ("auc", "gauc", "pair_auc", "logloss")
 
-    def __init__(self) -> None:
+    def __init__(self, names: Sequence[str] = NAMES) -> None:
+        """``names``: the metrics to compute, a subset of :attr:`NAMES` that holds ``auc``
+        (model selection reads it)."""
         super().__init__()
+        unknown = sorted(set(names) - set(self.NAMES))
+        if unknown or "auc" not in names:
+            raise ValueError(
+                f"metrics must be a subset of {list(self.NAMES)} including 'auc', got {list(names)}"
+            )
+        self.names = tuple(n for n in self.NAMES if n in names)
         self.auc = BinaryAUROC()
-        self.gauc = GroupAUC()
-        self.pair_auc = GroupAUC(tie=0.0, weighting="equal")
-        self.logloss = LogLoss()
+        self.gauc = GroupAUC() if "gauc" in names else None
+        self.pair_auc = GroupAUC(tie=0.0, weighting="equal") if "pair_auc" in names else None
+        self.logloss = LogLoss() if "logloss" in names else None
 
     def update(self, logits: Tensor, labels: Tensor, mask: Tensor, users: Tensor) -> None:
         """Adds a batch.
@@ -153,15 +163,18 @@ class TaskMetrics(nn.Module):
         """
         logits, labels, users = logits[mask].float(), labels[mask].long(), users[mask]
         self.auc.update(torch.sigmoid(logits), labels)
-        self.gauc.update(logits, labels, users)
-        self.pair_auc.update(logits, labels, users)
-        self.logloss.update(logits, labels)
+        if self.gauc is not None:
+            self.gauc.update(logits, labels, users)
+        if self.pair_auc is not None:
+            self.pair_auc.update(logits, labels, users)
+        if self.logloss is not None:
+            self.logloss.update(logits, labels)
 
     def compute(self) -> dict[str, Tensor]:
-        """Returns ``{"auc", "gauc", "pair_auc", "logloss"}``."""
-        return {name: getattr(self, name).compute() for name in self.NAMES}
+        """Returns ``{name: value}`` for the configured metrics (``auc``, ``gauc``, ...)."""
+        return {name: getattr(self, name).compute() for name in self.names}
 
     def reset(self) -> None:
         """Clears the accumulated state."""
-        for name in self.NAMES:
+        for name in self.names:
             getattr(self, name).reset()

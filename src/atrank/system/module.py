@@ -58,6 +58,7 @@ class ATRankSystem(L.LightningModule):
         run_config: dict[str, Any] | None = None,
         data_dir: str | None = None,
         loss_weighting: str = "fixed",
+        task_metrics: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         if not task_weights:
@@ -81,8 +82,12 @@ class ATRankSystem(L.LightningModule):
             if loss_weighting == "uncertainty"
             else None
         )
+        names = {t: (task_metrics or {}).get(t) or TaskMetrics.NAMES for t in task_weights}
         self.metrics = nn.ModuleDict(
-            {s: nn.ModuleDict({t: TaskMetrics() for t in task_weights}) for s in EVAL_STAGES}
+            {
+                s: nn.ModuleDict({t: TaskMetrics(names[t]) for t in task_weights})
+                for s in EVAL_STAGES
+            }
         )
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
