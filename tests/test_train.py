@@ -202,3 +202,20 @@ def test_each_task_logs_its_configured_metrics(compose_cfg: Compose) -> None:
         train(compose_cfg("task=[coupon]", "task.coupon.metrics=[gauc]", "debug=fdr"))
     with pytest.raises(ConfigError, match=r"task\.coupon\.metrics"):
         train(compose_cfg("task=[coupon]", "task.coupon.metrics=[auc,ndcg]", "debug=fdr"))
+
+
+def test_compiled_model_trains_and_keeps_checkpoint_keys(compose_cfg: Compose) -> None:
+    """compile=<backend> traces the model with torch.compile (the eager backend: tracing
+    without code generation, seconds on CPU); checkpoints keep the plain module keys."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    cfg = compose_cfg("compile=eager", "debug=limit", "task=[click]", "data.batch_size=64")
+    metrics = train(cfg)
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo did trace the model
+    assert 0.0 <= metrics["test/click/auc"] <= 1.0
+    (ckpt,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")
+    keys = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert keys and not any("_orig_mod" in k for k in keys)
+    with pytest.raises(ConfigError, match="'compile'"):
+        train(compose_cfg("compile=fast", "debug=fdr"))

@@ -174,3 +174,18 @@ def task_configs(cfg: DictConfig) -> dict[str, TaskConfig]:
                 )
         tasks[str(name)] = t
     return tasks
+
+
+def compile_backend(value: object) -> str | None:
+    """Checks ``cfg.compile``: false/null = eager PyTorch, true = ``inductor``, or a
+    ``torch.compile`` backend name (``eager``, ``aot_eager``: tracing only, for checks)."""
+    if value in (None, False):
+        return None
+    if value is True:
+        return "inductor"
+    if isinstance(value, str) and value in ("inductor", "eager", "aot_eager", "cudagraphs"):
+        return value
+    raise ConfigError(
+        f"config key 'compile' must be true, false or a backend (inductor, eager, aot_eager, "
+        f"cudagraphs), got {value!r}"
+    )

@@ -15,7 +15,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from atrank.config import data_config, loss_weighting, model_config, task_configs
+from atrank.config import (
+    compile_backend,
+    data_config,
+    loss_weighting,
+    model_config,
+    task_configs,
+)
 from atrank.runtime import (
     instantiate_all,
     instantiate_optional,
@@ -52,6 +58,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         The flat metrics written to ``metrics.json``.
     """
     data_cfg, model_cfg, tasks = data_config(cfg), model_config(cfg), task_configs(cfg)
+    backend = compile_backend(cfg.get("compile"))
     set_threads(cfg.get("threads"), data_cfg.num_workers, procs_per_node(cfg.trainer))
     L.seed_everything(int(cfg.seed), workers=True)
 
@@ -59,9 +66,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm = make_datamodule(data_dir, data_cfg, tasks, seed=int(cfg.seed))
 
     model = model_from_meta(dm.meta, model_cfg, tasks)
-    if cfg.get("compile", False):
+    if backend is not None:
         # In place: the module's state_dict keys (and so checkpoints) stay the same.
-        model.compile(dynamic=True)
+        model.compile(backend=backend, dynamic=True)
     system = ATRankSystem(
         model,
         task_weights={n: t.weight for n, t in tasks.items()},
