@@ -64,7 +64,7 @@ def derived_tasks(spec: dict[str, Any] | None) -> dict[str, DerivedTask]:
             actions = [actions]
         if not actions or not all(isinstance(a, str) and a for a in actions):
             raise PrepError(f"{key}.actions: expected a list of behaviours, got {actions!r}")
-        target = d.get("target", "item")
+        target = d.get("target", DerivedTask.target)
         if target not in c.GROUP_FIELDS:
             raise PrepError(f"{key}.target: unknown target {target!r}; known: {list(c.GROUPS)}")
         negatives = d.get("negatives")
@@ -72,7 +72,7 @@ def derived_tasks(spec: dict[str, Any] | None) -> dict[str, DerivedTask]:
             raise PrepError(
                 f"{key}.negatives: must be one of {list(NEGATIVES)} or null, got {negatives!r}"
             )
-        horizon = d.get("horizon", 3600)
+        horizon = d.get("horizon", DerivedTask.horizon)
         if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon <= 0:
             raise PrepError(f"{key}.horizon: expected a positive number of seconds, got {horizon}")
         out[str(name)] = DerivedTask(tuple(actions), target, negatives, horizon)

@@ -113,12 +113,14 @@ def prepare_from_config(
         raise PrepError(f"dataset.name: unknown dataset {name!r}; known: {known}")
     prep_cfg = prep_config_from_dict(prep)
     derived = derived_tasks(derive)
-    if name in ADAPTERS:
-        return _prepare_adapter(name, params, prep_cfg, cache_dir, out_dir, force, derived)
-    check_negatives(derived, "impressions", name)
-    fp_config = {"dataset": {"name": name, **params}, "prep": asdict(prep_cfg)}
+    fp_config: dict[str, Any] = {"dataset": {"name": name, **params}, "prep": asdict(prep_cfg)}
     if derived:  # (absent when empty: earlier preparations keep their fingerprint)
         fp_config["derive"] = {k: asdict(t) for k, t in derived.items()}
+    if name in ADAPTERS:
+        return _prepare_adapter(
+            name, params, prep_cfg, cache_dir, out_dir, force, derived, fp_config
+        )
+    check_negatives(derived, "impressions", name)
     # Inputs named by path in the dataset config count with their size and mtime.
     inputs = [Path(str(v)) for k, v in params.items() if k in ("path", "paths") and v]
     fp = fingerprint(fp_config, inputs)
@@ -200,11 +202,10 @@ def _prepare_adapter(
     out_dir: Path | None,
     force: bool,
     derived: dict[str, DerivedTask],
+    fp_config: dict[str, Any],
 ) -> PrepResult:
-    """:func:`prepare_from_config` for a real-data adapter (see the module docstring)."""
-    fp_config: dict[str, Any] = {"dataset": {"name": name, **params}, "prep": asdict(prep_cfg)}
-    if derived:
-        fp_config["derive"] = {k: asdict(t) for k, t in derived.items()}
+    """:func:`prepare_from_config` for a real-data adapter (see the module docstring);
+    ``fp_config`` is the fingerprinted configuration (dataset, prep, derived tasks)."""
     proto = _protocol_settings(params)
     check_negatives(derived, "sampled" if proto["protocol"] == "next_item" else "impressions", name)
     opts = _adapter_options(name, params)

@@ -48,7 +48,8 @@ class ModelConfig:
     l2_weight: float = 5e-5
 
 
-METRIC_NAMES = ("auc", "gauc", "pair_auc", "logloss")  # atrank.system.metrics.TaskMetrics
+#: Metrics a task can log (computed by atrank.system.metrics.TaskMetrics).
+METRIC_NAMES = ("auc", "gauc", "pair_auc", "logloss")
 
 
 @dataclass
@@ -65,7 +66,7 @@ class TaskConfig:
     negatives: str | None = None
     horizon: int = 3600
     # Validation/test metrics of the task (auc is always computed: model selection reads it).
-    metrics: list[str] = field(default_factory=lambda: ["auc", "gauc", "pair_auc", "logloss"])
+    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
 
 
 def typed(schema: type, node: Any, key: str) -> Any:

@@ -18,6 +18,8 @@ from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
+from atrank.config import METRIC_NAMES
+
 
 def grouped_auc(
     preds: Tensor, target: Tensor, groups: Tensor, tie: float = 0.5, weighting: str = "samples"
@@ -135,7 +137,7 @@ class LogLoss(Metric):
 class TaskMetrics(nn.Module):
     """AUC, GAUC, pair AUC and log loss of one task, on rows where the task's label exists."""
 
-    NAMES = ("auc", "gauc", "pair_auc", "logloss")
+    NAMES = METRIC_NAMES
 
     def __init__(self, names: Sequence[str] = NAMES) -> None:
         """``names``: the metrics to compute, a subset of :attr:`NAMES` that holds ``auc``
