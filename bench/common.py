@@ -97,7 +97,7 @@ def simulated(cache: Path, n_users: int, events_per_user: float = 150.0) -> tupl
         ``(raw_dir, summary)``: the folder with ``events/`` and ``samples/`` parquet parts and
         the simulator's summary (``seconds`` is the generation time, or that of the first run).
     """
-    from data_prep.simulator import SimConfig, simulate
+    from data_prep.sources.sim import SimConfig, simulate
 
     raw = cache / "raw" / f"sim-u{n_users}-e{events_per_user:g}"
     done = raw / "_summary.json"

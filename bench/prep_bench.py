@@ -68,9 +68,9 @@ def child(impl: str, raw: Path, out: Path) -> dict[str, Any]:
             force=True,
         )
         seconds = time.perf_counter() - t0
-        counts = res.meta["counts"]
-        rows = {"events": counts["events"], "users": counts["users"]}
-        rows["samples"] = sum(s["rows"] for s in counts["splits"].values())
+        counts = res.meta.counts
+        rows = {"events": counts.events, "users": counts.users}
+        rows["samples"] = sum(s["rows"] for s in counts.splits.values())
     elif impl == "pandas":
         from bench.pandas_prep import prepare_pandas
 

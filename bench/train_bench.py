@@ -26,19 +26,20 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.flop_counter import FlopCounterMode
 
-from atrank.config import DataConfig, ModelConfig, TaskConfig
+from atrank.build import data_shape, make_datamodule
+from atrank.config import DataConfig, TaskSpec
 from atrank.data.batch import Batch
 from atrank.data.datamodule import ATRankDataModule
-from atrank.model import ATRankModel
+from atrank.model import ATRankModel, ModelConfig, build_model
 from atrank.model.loss import multitask_loss
-from atrank.runtime import make_datamodule, model_from_meta
 from atrank.system.module import ATRankSystem
 from bench.common import measure
+from data_prep.meta import PreparedMeta
 
-TASKS: dict[str, TaskConfig] = {
-    "click": TaskConfig(target="item"),
-    "purchase": TaskConfig(target="item"),
-    "coupon": TaskConfig(target="coupon"),
+TASKS: dict[str, TaskSpec] = {
+    "click": TaskSpec(target="item"),
+    "purchase": TaskSpec(target="item"),
+    "coupon": TaskSpec(target="coupon"),
 }
 WEIGHTS = {name: t.weight for name, t in TASKS.items()}
 LR, L2_WEIGHT, CLIP = 3e-3, 5e-5, 5.0
@@ -67,11 +68,11 @@ def datamodule(data_dir: Path, max_len: int, batch_size: int) -> ATRankDataModul
     )
 
 
-def build(meta: dict[str, Any], size: Size, seed: int = 0) -> ATRankModel:
+def build(meta: PreparedMeta, size: Size, seed: int = 0) -> ATRankModel:
     """The ATRank model of ``size``, initialised from ``seed`` (same weights every call)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(field_dim=size.field_dim, d_model=size.d_model, n_heads=size.n_heads)
-    return model_from_meta(meta, cfg, TASKS)
+    return build_model(cfg, data_shape(meta), {n: t.target for n, t in TASKS.items()})
 
 
 def step(model: ATRankModel, opt: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
@@ -116,10 +117,10 @@ def lightning_rate(
     Trainer construction and fit set-up are outside the clock: it runs from the end of
     step ``warmup`` to the end of step ``steps`` (data fetch, step, logging, progress bar).
     """
-    model = build(dm.meta, size)
+    model = build(dm.prepared_meta, size)
     system = ATRankSystem(
         model,
-        task_weights=WEIGHTS,
+        tasks=TASKS,
         optimizer=partial(torch.optim.Adam, lr=LR),
         l2_weight=L2_WEIGHT,
     )
@@ -148,7 +149,7 @@ def lightning_rate(
 
 def raw_rate(dm: ATRankDataModule, size: Size, steps: int, warmup: int) -> tuple[float, float]:
     """Samples/s of the raw loop over the DataModule's train loader (data fetch included)."""
-    model = build(dm.meta, size)
+    model = build(dm.prepared_meta, size)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     stamps: list[float] = []
@@ -171,7 +172,7 @@ def first_batches(dm: ATRankDataModule, n: int) -> list[Batch]:
 
 
 def model_step_rate(
-    meta: dict[str, Any], size: Size, batches: list[Batch], warmup: int
+    meta: PreparedMeta, size: Size, batches: list[Batch], warmup: int
 ) -> tuple[float, float]:
     """Samples/s of the raw step alone, on batches assembled beforehand."""
     model = build(meta, size)
@@ -194,7 +195,7 @@ def data_rate(dm: ATRankDataModule, steps: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def step_flops(meta: dict[str, Any], size: Size, batch: Batch) -> int:
+def step_flops(meta: PreparedMeta, size: Size, batch: Batch) -> int:
     """FLOPs of one forward + backward (``FlopCounterMode``: matmuls, attention, convs;
     embedding gathers, softmax and element-wise work are not counted)."""
     model = build(meta, size)
@@ -265,9 +266,9 @@ def bench_size(data_dir: Path, size: Size, steps: int, warmup: int, repeats: int
     pl_rate = measure(lambda: lightning_rate(dm, size, steps, warmup), repeats)
     raw = measure(lambda: raw_rate(dm, size, steps, warmup), repeats)
     batches = first_batches(dm, steps)
-    model_only = measure(lambda: model_step_rate(dm.meta, size, batches, warmup), repeats)
+    model_only = measure(lambda: model_step_rate(dm.prepared_meta, size, batches, warmup), repeats)
     data = measure(lambda: data_rate(dm, steps), repeats)
-    flops = step_flops(dm.meta, size, batches[0])
+    flops = step_flops(dm.prepared_meta, size, batches[0])
     hist_len = float(batches[0].hist_mask.sum(1).float().mean())
     return {
         "size": size.__dict__,
@@ -298,7 +299,7 @@ def bench_inference(
 ) -> dict[str, Any]:
     """Inference samples/s per batch size (model forward alone, batches assembled before)."""
     dm = datamodule(data_dir, size.max_len, size.batch_size)
-    model = build(dm.meta, size)
+    model = build(dm.prepared_meta, size)
     out: dict[str, Any] = {}
     for bs in batch_sizes:
         batch = batch_of(dm, bs)
@@ -324,7 +325,7 @@ def bench_history(
         s = Size(f"T{t}", size.field_dim, size.d_model, size.n_heads, t, batch_size)
         dm = datamodule(data_dir, t, batch_size)
         batches = first_batches(dm, steps + 2)  # one warm-up step, then ``steps`` timed
-        rate = measure(partial(model_step_rate, dm.meta, s, batches, 1), repeats)
+        rate = measure(partial(model_step_rate, dm.prepared_meta, s, batches, 1), repeats)
         rows.append(
             {
                 "max_len": t,
@@ -334,7 +335,7 @@ def bench_history(
                 ),
                 "step_ms": 1e3 * batch_size / rate["median"],
                 "samples_s": rate,
-                "flops_per_step": step_flops(dm.meta, s, batches[0]),
+                "flops_per_step": step_flops(dm.prepared_meta, s, batches[0]),
             }
         )
     return rows

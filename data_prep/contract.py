@@ -2,8 +2,8 @@
 
 Two layers:
 
-* **Canonical input** (what every source maps into; the simulator now, real-data adapters
-  later). Two tables, both with raw ids as strings:
+* **Canonical input** (what every source maps into: the simulator and the real-data
+  adapters of ``data_prep.sources``). Two tables, both with raw ids as strings:
 
   - ``events``: the behaviours that form user histories, one row per behaviour.
   - ``samples``: the prediction targets, one row per (user, moment, target object), with one
@@ -19,8 +19,6 @@ Index conventions for every coded id field and for actions: ``0`` = absent/paddi
 """
 
 from __future__ import annotations
-
-import polars as pl
 
 SCHEMA_VERSION = 1
 
@@ -48,19 +46,22 @@ GROUP_FIELDS: dict[str, tuple[str, ...]] = {
 }
 GROUPS: tuple[str, ...] = tuple(GROUP_FIELDS)
 
-EVENT_SCHEMA: dict[str, pl.DataType] = {
-    USER: pl.String(),
-    TS: pl.Int64(),
-    GROUP: pl.String(),
-    ACTION: pl.String(),
-    **{f: pl.String() for f in ID_FIELDS},
+#: Canonical dtype of each events column, by polars type name (``data_prep.schema`` builds the
+#: polars schema from it; this module imports no polars, so every side can read it).
+EVENT_DTYPES: dict[str, str] = {
+    USER: "String",
+    TS: "Int64",
+    GROUP: "String",
+    ACTION: "String",
+    **dict.fromkeys(ID_FIELDS, "String"),
 }
 
-SAMPLE_BASE_SCHEMA: dict[str, pl.DataType] = {
-    USER: pl.String(),
-    TS: pl.Int64(),
-    GROUP: pl.String(),  # the target's group
-    **{f: pl.String() for f in ID_FIELDS},
+#: Canonical dtype of each base samples column (labels and probabilities come on top).
+SAMPLE_BASE_DTYPES: dict[str, str] = {
+    USER: "String",
+    TS: "Int64",
+    GROUP: "String",  # the target's group
+    **dict.fromkeys(ID_FIELDS, "String"),
 }
 
 #: Optional samples column: the split a source assigns to each row (Int8 index into

@@ -1,7 +1,8 @@
 """``prepare()``: canonical events/samples -> integer-coded training files (see README.md).
 
 The data work lives in :mod:`data_prep.passes` (one scan per input, then integer work in
-memory); this module owns the API, the skip rule and the files. Everything is written into
+memory); this module owns the API, the skip rule and the files (``meta.json`` through
+:class:`data_prep.meta.PreparedMeta`). Everything is written into
 a temporary directory inside ``out_dir`` and moved into place; ``meta.json`` is written
 last, so a directory with a ``meta.json`` is always complete.
 """
@@ -22,7 +23,8 @@ import polars as pl
 
 from data_prep import contract as c
 from data_prep.errors import PrepError
-from data_prep.passes import (
+from data_prep.meta import Counts, GroupInfo, PreparedMeta, TimeRule, read_meta
+from data_prep.passes.build import (
     EV,
     SM,
     Fitted,
@@ -33,23 +35,26 @@ from data_prep.passes import (
     scan,
     table_stats,
 )
-from data_prep.report import (
+from data_prep.passes.report import (
     event_oov_rates,
     sample_oov_rates,
     split_counts,
     table_report,
     task_meta,
 )
-from data_prep.split import SPLIT, Cut, TimeCut, check_cut, check_given
-from data_prep.validate import EVENTS, SAMPLES, TableInfo, drop_rules, inspect_table
-from data_prep.vocab import ACTION_VOCAB, CODE
+from data_prep.passes.split import SPLIT, Cut, TimeCut, check_cut, check_given
+from data_prep.passes.validate import EVENTS, SAMPLES, TableInfo, drop_rules, inspect_table
+from data_prep.passes.vocab import ACTION_VOCAB, CODE
 
-__all__ = ["PrepConfig", "PrepError", "PrepResult", "fingerprint", "load_meta", "prepare"]
+__all__ = ["PrepConfig", "PrepError", "PrepResult", "fingerprint", "prepare", "up_to_date"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class PrepConfig:
-    """Settings of the preparation (all stored in ``meta.json``).
+    """Settings of the preparation (all stored in ``meta.json``); checked when built.
+
+    Not frozen, so that it can serve as a Hydra structured config; :func:`prepare` checks it
+    again, in case it was changed after construction.
 
     Attributes:
         val_frac: share of samples (latest in time, before test) for validation.
@@ -101,7 +106,7 @@ class PrepResult:
     """
 
     out_dir: Path
-    meta: dict[str, Any]
+    meta: PreparedMeta
     report: dict[str, Any]
     skipped: bool
 
@@ -151,37 +156,6 @@ def _canonical(obj: object) -> object:
     raise TypeError(f"value {obj!r} of type {type(obj).__name__}")
 
 
-def load_meta(out_dir: Path) -> dict[str, Any]:
-    """Reads a prepared directory's ``meta.json``.
-
-    Args:
-        out_dir: the prepared directory.
-
-    Returns:
-        The metadata.
-
-    Raises:
-        PrepError: naming the file when it is missing, unreadable, corrupt, or written with
-            another schema version.
-    """
-    path = Path(out_dir) / c.META_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise PrepError(f"{path}: not found: run atrank-prep first") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PrepError(f"{path}: unreadable or corrupt ({e}): re-run atrank-prep") from e
-    if not isinstance(meta, dict):
-        raise PrepError(f"{path}: corrupt (not a JSON object): re-run atrank-prep")
-    version = meta.get("schema_version")
-    if version != c.SCHEMA_VERSION:
-        raise PrepError(
-            f"{path}: prepared with schema version {version}, this code reads "
-            f"{c.SCHEMA_VERSION}: re-run atrank-prep"
-        )
-    return meta
-
-
 def prepare(
     events: pl.LazyFrame,
     samples: pl.LazyFrame,
@@ -196,8 +170,8 @@ def prepare(
     """Prepares the training files from the canonical tables (prints nothing).
 
     Args:
-        events: canonical events (contract.EVENT_SCHEMA).
-        samples: canonical samples (contract.SAMPLE_BASE_SCHEMA + label/prob columns).
+        events: canonical events (schema.EVENT_SCHEMA).
+        samples: canonical samples (schema.SAMPLE_BASE_SCHEMA + label/prob columns).
         out_dir: output directory (created when missing).
         cfg: preparation settings.
         source: free description of the data source, stored in ``meta.json``.
@@ -270,11 +244,11 @@ def _expected_files() -> list[str]:
 def up_to_date(out_dir: Path, fp: str, cfg: PrepConfig) -> PrepResult | None:
     """The existing preparation when it matches (fingerprint, schema, config), else None."""
     try:
-        meta = load_meta(out_dir)
+        meta = read_meta(out_dir)
     except PrepError:
         return None  # nothing usable there: prepare afresh
     # The config is compared too, in case the caller left it out of the fingerprint.
-    if meta.get("fingerprint") != fp or meta.get("prep_config") != asdict(cfg):
+    if meta.fingerprint != fp or meta.prep_config != asdict(cfg):
         return None
     if not all((out_dir / f).is_file() for f in _expected_files()):
         return None
@@ -315,9 +289,8 @@ def _meta(
     users: pl.DataFrame,
     sm_info: TableInfo,
     report: dict[str, Any],
-) -> dict[str, Any]:
+) -> PreparedMeta:
     """The ``meta.json`` contents (see README.md for every key)."""
-    actions = fitted.actions
     split: dict[str, Any] = {"method": "leave_last_out", "given_by": c.SPLIT_COL}
     if isinstance(cut, TimeCut):
         split = {
@@ -327,28 +300,21 @@ def _meta(
             "val_frac": cfg.val_frac,
             "test_frac": cfg.test_frac,
         }
-    return {
-        "schema_version": c.SCHEMA_VERSION,
-        "source": source,
-        "fingerprint": fp,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "prep_config": asdict(cfg),
-        "split": split,
-        "time": {"unit_seconds": cfg.time_unit_seconds, "n_buckets": cfg.n_time_buckets},
-        "fields": list(c.ID_FIELDS),
-        "vocab_sizes": {f: fitted.vocabs[f].height + c.FIRST_INDEX for f in c.ID_FIELDS},
-        "actions": actions,
-        "n_actions": len(actions),
-        "groups": {
-            g: {"index": i, "fields": list(c.GROUP_FIELDS[g])} for i, g in enumerate(c.GROUPS)
-        },
-        "tasks": task_meta(samples, sm_info),
-        "counts": {
-            "users": users.height,
-            "events": report["events"]["rows_kept"],
-            "splits": report["splits"],
-        },
-    }
+    return PreparedMeta(
+        schema_version=c.SCHEMA_VERSION,
+        fingerprint=fp,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        source=source,
+        prep_config=asdict(cfg),
+        split=split,
+        time=TimeRule(cfg.time_unit_seconds, cfg.n_time_buckets),
+        fields=c.ID_FIELDS,
+        vocab_sizes={f: fitted.vocabs[f].height + c.FIRST_INDEX for f in c.ID_FIELDS},
+        actions=tuple(fitted.actions),
+        groups={g: GroupInfo(i, c.GROUP_FIELDS[g]) for i, g in enumerate(c.GROUPS)},
+        tasks=task_meta(samples, sm_info),
+        counts=Counts(users.height, report["events"]["rows_kept"], report["splits"]),
+    )
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -358,11 +324,11 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     os.replace(part, path)
 
 
-def _publish(tmp: Path, out_dir: Path, meta: dict[str, Any]) -> None:
+def _publish(tmp: Path, out_dir: Path, meta: PreparedMeta) -> None:
     """Moves every prepared file from ``tmp`` into ``out_dir``, then writes ``meta.json``."""
     for entry in sorted(tmp.iterdir()):
         dest = out_dir / entry.name
         if entry.is_dir() and dest.is_dir():
             shutil.rmtree(dest)  # a directory cannot be replaced in one rename
         os.replace(entry, dest)
-    _write_json(out_dir / c.META_FILE, meta)
+    meta.write(out_dir)

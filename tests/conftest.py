@@ -12,10 +12,14 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from atrank.config import register_configs
+
 # Two cores: one torch thread per test process keeps parallel work from oversubscribing.
 torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+register_configs()  # as the console scripts do: every composed config is checked
 
 TINY_SIM = ["dataset.n_users=300", "dataset.events_per_user=40", "dataset.n_items=300"]
 

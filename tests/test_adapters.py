@@ -11,8 +11,9 @@ import polars as pl
 import pytest
 
 from data_prep import contract as C
-from data_prep.adapters import ADAPTERS, AdapterError, AdapterResult
-from data_prep.adapters.o2o import discount_level
+from data_prep.schema import EVENT_SCHEMA, SAMPLE_BASE_SCHEMA
+from data_prep.sources import ADAPTERS, AdapterError, AdapterResult
+from data_prep.sources.o2o import discount_level
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(
@@ -23,8 +24,8 @@ needs_shared = pytest.mark.skipif(
 def events_of(result: AdapterResult) -> pl.DataFrame:
     """Collects the events and checks the canonical contract every adapter must meet."""
     df = result.events.collect()
-    assert dict(df.schema) == C.EVENT_SCHEMA
-    assert list(df.columns) == list(C.EVENT_SCHEMA)
+    assert dict(df.schema) == EVENT_SCHEMA
+    assert list(df.columns) == list(EVENT_SCHEMA)
     required = df.select(C.USER, C.TS, C.GROUP, C.ACTION)
     assert sum(required.null_count().row(0)) == 0
     return df
@@ -232,7 +233,7 @@ def test_o2o_train_format_events_and_labels(tmp_path: Path) -> None:
     assert df[C.DISCOUNT].to_list()[:4] == ["off_15_25", "off_10_15", "off_10_15", None]
     assert result.samples is not None
     samples = result.samples.collect().sort(C.USER)
-    assert list(samples.columns) == [*C.SAMPLE_BASE_SCHEMA, "label_coupon"]
+    assert list(samples.columns) == [*SAMPLE_BASE_SCHEMA, "label_coupon"]
     assert samples.schema["label_coupon"] == pl.Int8
     assert samples["label_coupon"].to_list() == [1, 0, 0, 1]
     assert samples[C.TS].to_list() == [1_451_606_400] * 4
@@ -419,5 +420,5 @@ def test_amazon_reviews_structure(tmp_path: Path) -> None:
 
 
 def test_adapters_do_not_import_torch() -> None:
-    code = "import sys, data_prep.adapters; sys.exit('torch' in sys.modules)"
+    code = "import sys, data_prep.sources; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

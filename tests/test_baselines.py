@@ -23,7 +23,7 @@ from test_model import (
 )
 from torch import Tensor
 
-from atrank.model import ENCODERS, ATRankModel, build_model
+from atrank.model import ENCODERS, ATRankModel, DataShape, ModelConfig, build_model
 from atrank.model.baselines import BiLSTMEncoder, MeanPoolEncoder, left_align
 
 ALL = ("none", "mean", "bpr", "bilstm", "bilstm_att", "cnn", "din", "atrank")
@@ -41,16 +41,13 @@ MEMORY_LEN: dict[str, int | str] = {
 N_USERS = 16
 
 
-def model_for(encoder: str, **kwargs: object) -> ATRankModel:
+def model_for(encoder: str, n_users: int = N_USERS, **kwargs: object) -> ATRankModel:
     torch.manual_seed(0)
-    args: dict[str, object] = {
-        "field_dim": 8,
-        "d_model": 16,
-        "n_heads": 4,
-        "encoder": encoder,
-        "n_users": N_USERS,
-    } | kwargs
-    return build_model(VOCAB, GROUP_FIELDS, N_ACTIONS, N_BUCKETS, TASKS, **args).eval()  # type: ignore[arg-type]
+    config = ModelConfig(**({"field_dim": 8, "d_model": 16, "n_heads": 4} | kwargs))  # type: ignore[arg-type]
+    config.encoder = encoder
+    config.__post_init__()
+    shape = DataShape(VOCAB, GROUP_FIELDS, N_ACTIONS, N_BUCKETS, n_users=n_users)
+    return build_model(config, shape, TASKS).eval()
 
 
 def test_registry_holds_every_encoder() -> None:

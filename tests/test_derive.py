@@ -11,13 +11,13 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from atrank.config import ConfigError, data_config, task_configs
-from atrank.runtime import make_datamodule, resolve_data_dir
+from atrank.build import make_datamodule, resolve_data_dir
+from atrank.config import ConfigError, train_config
 from atrank.train import train
 from data_prep import contract as C
-from data_prep.derive import add_derived_labels, derived_tasks
-from data_prep.pipeline import PrepError
-from data_prep.sources import prepare_from_config
+from data_prep.passes.derive import add_derived_labels, derived_tasks
+from data_prep.pipeline import PrepConfig, PrepError
+from data_prep.run import prepare_from_config
 
 Compose = Callable[..., DictConfig]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -115,9 +115,9 @@ def test_cart_task_on_impressions_from_yaml_alone(compose_cfg: Compose) -> None:
         "purchase",
         "cart",
     }
-    tasks = task_configs(cfg)
-    dm = make_datamodule(resolve_data_dir(cfg, tasks), data_config(cfg), tasks, seed=0)
-    assert dm.meta["source"]["derive"]["cart"]["actions"] == ["cart"]
+    run = train_config(cfg)
+    dm = make_datamodule(resolve_data_dir(run), run.data, run.task, seed=0)
+    assert dm.prepared_meta.source["derive"]["cart"]["actions"] == ["cart"]
     cart = torch.cat([s.labels["cart"] for s in dm.splits.values()])
     click = torch.cat([s.labels["click"] for s in dm.splits.values()])
     labelled = cart >= 0
@@ -158,11 +158,10 @@ def test_fav_task_on_taobao_from_yaml_alone(compose_cfg: Compose, cache_dir: Pat
             "path": str(SHARED / "taobao_userbehavior"),
             "tasks": {"click": ["click"], "purchase": ["purchase"], "fav": ["fav"]},
         },
-        {},
+        PrepConfig(),
         cache_dir=cache_dir,
     )
-    tasks = task_configs(cfg)
-    derived = resolve_data_dir(cfg, tasks)
+    derived = resolve_data_dir(train_config(cfg))
     assert derived != direct.out_dir
     for split in ("train", "val", "test"):
         a, b = (pl.read_parquet(d / f"samples_{split}.parquet") for d in (derived, direct.out_dir))

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atrank.system.metrics import GroupAUC, LogLoss, TaskMetrics, grouped_auc
+from atrank.config import METRIC_NAMES
+from atrank.system.metrics import GroupAUC, LogLoss, grouped_auc, task_metrics
 
 
 def _pairwise_auc(p: np.ndarray, y: np.ndarray) -> float:
@@ -68,17 +69,36 @@ def test_logloss_is_mean_bce_over_updates() -> None:
     assert abs(float(m.compute()) - float(want)) < 1e-6
 
 
-def test_task_metrics_count_only_masked_in_rows() -> None:
-    logits = torch.tensor([2.0, -2.0, 5.0, -5.0])
-    labels = torch.tensor([1.0, 0.0, 0.0, 1.0])  # rows 2 and 3 are wrong, but masked out
-    mask = torch.tensor([True, True, False, False])
-    users = torch.tensor([0, 0, 0, 0])
-    tm = TaskMetrics()
-    tm.update(logits, labels, mask, users)
+def test_task_metrics_compute_every_configured_metric_under_its_key() -> None:
+    logits = torch.tensor([2.0, -2.0, 0.5, -0.5])
+    labels = torch.tensor([1, 0, 0, 1])
+    users = torch.tensor([0, 0, 1, 1])
+    tm = task_metrics(prefix="val/click/")
+    tm.update(preds=logits, target=labels, groups=users)
     out = tm.compute()
-    assert float(out["auc"]) == 1.0
-    assert float(out["gauc"]) == 1.0
-    assert abs(float(out["logloss"]) - float(F.softplus(torch.tensor(-2.0)))) < 1e-6
+    assert set(out) == {f"val/click/{m}" for m in METRIC_NAMES}
+    assert float(out["val/click/auc"]) == 0.75  # 3 of the 4 pairs ordered
+    assert float(out["val/click/gauc"]) == 0.5  # user 0 right, user 1 wrong
+    assert float(out["val/click/pair_auc"]) == 0.5
+    want = F.binary_cross_entropy_with_logits(logits, labels.float())
+    assert abs(float(out["val/click/logloss"]) - float(want)) < 1e-6
+    only = task_metrics(["logloss", "auc"])
+    only.update(preds=logits, target=labels, groups=users)
+    assert set(only.compute()) == {"auc", "logloss"}
+
+
+def test_auc_applies_the_sigmoid_to_every_batch() -> None:
+    # torchmetrics' BinaryAUROC takes a batch whose values all lie in [0, 1] as
+    # probabilities and any other batch as logits; logits must be treated alike.
+    first = torch.tensor([0.3, 0.1])  # logits that happen to lie in [0, 1]
+    second = torch.tensor([0.0, -5.0])
+    labels = torch.tensor([1, 0, 0, 0])
+    m = task_metrics(["auc"])
+    m.update(preds=first, target=labels[:2], groups=torch.zeros(2))
+    m.update(preds=second, target=labels[2:], groups=torch.zeros(2))
+    # the positive (0.3) outscores every negative; read as a probability it would lose to
+    # the negative logit 0.0 (sigmoid 0.5), giving 2/3
+    assert float(m.compute()["auc"]) == 1.0
 
 
 def _reference_pair_auc(p: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:

@@ -17,12 +17,15 @@ from atrank.data.batch import Batch
 from atrank.model import (
     ATRankModel,
     BehaviourEmbedding,
+    DataShape,
+    ModelConfig,
     ModelOutput,
     MultiHeadAttentionBlock,
     NoHistoryEncoder,
     TaskHead,
     build_model,
 )
+from atrank.model.config import SettingError
 
 VOCAB = {
     "item_id": 50,
@@ -39,6 +42,7 @@ GROUP_FIELDS = {
 TASKS = {"click": "item", "buy": "item", "redeem": "coupon"}
 N_ACTIONS = 6
 N_BUCKETS = 13
+SHAPE = DataShape(VOCAB, GROUP_FIELDS, N_ACTIONS, N_BUCKETS)
 
 
 def make_batch(lengths: list[int], T: int, seed: int = 0, left_pad: bool = True) -> Batch:  # noqa: N803
@@ -113,7 +117,7 @@ def pad_more(batch: Batch, extra: int, left: bool = True) -> Batch:
 def small_model(**kwargs: object) -> ATRankModel:
     torch.manual_seed(0)
     args: dict[str, object] = {"field_dim": 8, "d_model": 16, "n_heads": 4} | kwargs
-    return build_model(VOCAB, GROUP_FIELDS, N_ACTIONS, N_BUCKETS, TASKS, **args).eval()  # type: ignore[arg-type]
+    return build_model(ModelConfig(**args), SHAPE, TASKS).eval()  # type: ignore[arg-type]
 
 
 def assert_same_output(a: ModelOutput, b: ModelOutput, tol: float = 1e-6) -> None:
@@ -257,7 +261,7 @@ def test_oldest_time_bucket_has_a_trained_row() -> None:
 
 
 def test_target_embedding_has_empty_action_and_time_slots() -> None:
-    emb = BehaviourEmbedding(VOCAB, GROUP_FIELDS, N_ACTIONS, N_BUCKETS, field_dim=8, d_model=16)
+    emb = BehaviourEmbedding(SHAPE, field_dim=8, d_model=16)
     batch = make_batch([3, 2, 4], T=4)
     before = {g: emb.embed_target(batch.target, g) for g in GROUP_FIELDS}
     hist_before = emb.embed_history(batch)
@@ -270,7 +274,7 @@ def test_target_embedding_has_empty_action_and_time_slots() -> None:
 
 
 def test_each_group_uses_its_own_projection() -> None:
-    emb = BehaviourEmbedding(VOCAB, GROUP_FIELDS, N_ACTIONS, N_BUCKETS, field_dim=8, d_model=16)
+    emb = BehaviourEmbedding(SHAPE, field_dim=8, d_model=16)
     batch = make_batch([4, 4], T=4)
     before = emb.embed_history(batch)
     with torch.no_grad():
@@ -336,30 +340,50 @@ def test_init_zeroes_padding_rows_and_bias_tables() -> None:
     [
         ({"encoder": "lstm"}, "encoder"),
         ({"n_heads": 3}, "n_heads"),
-        ({"task_groups": {"search": "query"}}, "task_groups"),
-        ({"vocab_sizes": {k: v for k, v in VOCAB.items() if k != "shop_id"}}, "vocab_sizes"),
-        ({"n_actions": 1}, "n_actions"),
-        ({"n_time_buckets": 0}, "n_time_buckets"),
         ({"d_model": 0}, "d_model"),
         ({"ffn_dim": 0}, "ffn_dim"),
+        ({"d_model": 2, "n_heads": 1}, "ffn_dim"),  # d_model // 4 = 0
         ({"n_blocks": 0}, "n_blocks"),
         ({"dropout": 1.0}, "dropout"),
         ({"score": "cosine"}, "score"),
         ({"scorer": "fm"}, "scorer"),
-        ({"mlp_hidden": (8, 0)}, "mlp_hidden"),
-        ({"group_fields": {"item": ()}}, "group_fields"),
+        ({"mlp_hidden": [8, 0]}, "mlp_hidden"),
+        ({"l2_weight": -1.0}, "l2_weight"),
     ],
 )
-def test_build_model_errors_name_the_argument(kwargs: dict[str, object], argument: str) -> None:
+def test_model_config_errors_name_the_setting(kwargs: dict[str, object], argument: str) -> None:
+    with pytest.raises(SettingError, match=rf"^{argument}\b") as e:
+        ModelConfig(**kwargs)  # type: ignore[arg-type]
+    assert e.value.key == argument
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"vocab_sizes": {k: v for k, v in VOCAB.items() if k != "shop_id"}}, "vocab_sizes"),
+        ({"vocab_sizes": VOCAB | {"shop_id": 1}}, "vocab_sizes"),
+        ({"n_actions": 1}, "n_actions"),
+        ({"n_time_buckets": 0}, "n_time_buckets"),
+        ({"group_fields": {"item": ()}}, "group_fields"),
+        ({"group_fields": {}}, "group_fields"),
+        ({"n_users": -1}, "n_users"),
+    ],
+)
+def test_data_shape_errors_name_the_value(kwargs: dict[str, object], argument: str) -> None:
     args: dict[str, object] = {
         "vocab_sizes": VOCAB,
         "group_fields": GROUP_FIELDS,
         "n_actions": N_ACTIONS,
         "n_time_buckets": N_BUCKETS,
-        "task_groups": TASKS,
     } | kwargs
-    with pytest.raises(ValueError, match=rf"^{argument}\b"):
-        build_model(**args)  # type: ignore[arg-type]
+    with pytest.raises(SettingError, match=rf"^{argument}\b"):
+        DataShape(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("task_groups", [{"search": "query"}, {}])
+def test_build_model_refuses_tasks_on_unknown_groups(task_groups: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match=r"^task_groups\b"):
+        build_model(ModelConfig(), SHAPE, task_groups)
 
 
 @cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from data_prep import contract as C
-from data_prep.pipeline import PrepConfig, PrepError, PrepResult, fingerprint, load_meta, prepare
+from data_prep.meta import GroupInfo, TaskInfo, TimeRule, read_meta
+from data_prep.pipeline import PrepConfig, PrepError, PrepResult, fingerprint, prepare
+from data_prep.schema import EVENT_SCHEMA, SAMPLE_BASE_SCHEMA
 
 CFG = PrepConfig(val_frac=0.2, test_frac=0.2)
 
@@ -21,13 +24,13 @@ CFG = PrepConfig(val_frac=0.2, test_frac=0.2)
 def _events(rows: list[dict[str, Any]]) -> pl.LazyFrame:
     """Canonical events from partial rows (missing columns are null)."""
     return pl.LazyFrame(
-        {col: [r.get(col) for r in rows] for col in C.EVENT_SCHEMA}, schema=C.EVENT_SCHEMA
+        {col: [r.get(col) for r in rows] for col in EVENT_SCHEMA}, schema=EVENT_SCHEMA
     )
 
 
 def _samples(rows: list[dict[str, Any]], tasks: tuple[str, ...] = ("click",)) -> pl.LazyFrame:
     """Canonical samples with one Int8 label column per task."""
-    schema: dict[str, pl.DataType] = dict(C.SAMPLE_BASE_SCHEMA)
+    schema: dict[str, pl.DataType] = dict(SAMPLE_BASE_SCHEMA)
     schema |= {C.label_col(t): pl.Int8() for t in tasks}
     return pl.LazyFrame({col: [r.get(col) for r in rows] for col in schema}, schema=schema)
 
@@ -143,8 +146,8 @@ def test_vocabulary_is_fitted_on_training_data_only(tmp_path: Path) -> None:
     coupon_rows = timeline.filter(pl.col(C.GROUP_IDX) == C.GROUPS.index("coupon"))
     assert (coupon_rows[C.ITEM] == C.PAD_INDEX).all()
     assert (coupon_rows[C.COUPON] >= C.FIRST_INDEX).all()
-    assert res.meta["vocab_sizes"][C.ITEM] == 4
-    assert res.meta["actions"][:2] == ["<pad>", "<oov>"]
+    assert res.meta.vocab_sizes[C.ITEM] == 4
+    assert res.meta.actions[:2] == ("<pad>", "<oov>")
     assert res.report["oov_rate"]["samples"]["test"][C.ITEM] == 0.5
 
 
@@ -152,13 +155,13 @@ def test_split_is_a_global_time_cut(tmp_path: Path) -> None:
     events, samples = _base()
     res = _run(tmp_path, events, samples)
     _, _, splits = _read(tmp_path / "out")
-    t_val, t_test = res.meta["split"]["t_val"], res.meta["split"]["t_test"]
+    t_val, t_test = res.meta.split["t_val"], res.meta.split["t_test"]
     assert (t_val, t_test) == (75, 95)
     assert splits["train"][C.TS].max() < t_val <= splits["val"][C.TS].min()  # type: ignore[operator]
     assert splits["val"][C.TS].max() < t_test <= splits["test"][C.TS].min()  # type: ignore[operator]
     assert [splits[s].height for s in C.SPLITS] == [6, 2, 2]
-    assert res.meta["counts"]["splits"]["train"]["rows"] == 6
-    assert res.meta["counts"]["splits"]["train"]["tasks"]["click"] == {
+    assert res.meta.counts.splits["train"]["rows"] == 6
+    assert res.meta.counts.splits["train"]["tasks"]["click"] == {
         "labelled": 6,
         "positives": 3,
     }
@@ -251,7 +254,7 @@ def test_dropped_rows_are_counted_by_reason(tmp_path: Path) -> None:
         "coupon_without_coupon_id": 1,
     }
     assert ev["rows_read"] == len(events) + 9
-    assert ev["rows_kept"] == len(events) + 1 == res.meta["counts"]["events"]
+    assert ev["rows_kept"] == len(events) + 1 == res.meta.counts.events
     assert ev["values_nulled_outside_group"][C.COUPON] == 1
     sm = res.report["samples"]
     assert sm["rows_dropped"] == 3
@@ -276,7 +279,7 @@ def test_same_fingerprint_is_skipped_other_reruns(tmp_path: Path) -> None:
     empty = prepare(pl.LazyFrame(), pl.LazyFrame(), tmp_path / "out", CFG, {}, "fp")
     assert empty.skipped
     other = prepare(_events(events), _samples(samples), tmp_path / "out", CFG, {}, "fp2")
-    assert not other.skipped and load_meta(tmp_path / "out")["fingerprint"] == "fp2"
+    assert not other.skipped and read_meta(tmp_path / "out").fingerprint == "fp2"
     forced = prepare(_events(events), _samples(samples), tmp_path / "out", CFG, {}, "fp2", True)
     assert not forced.skipped
     cfg2 = PrepConfig(val_frac=0.2, test_frac=0.2, min_count=2)  # config change re-runs
@@ -301,16 +304,16 @@ def test_failed_run_leaves_no_finished_looking_output(
     assert not [p for p in out.iterdir() if p.name.startswith(".prep-tmp")]
 
 
-def test_load_meta_rejects_missing_corrupt_and_other_versions(tmp_path: Path) -> None:
+def test_read_meta_rejects_missing_corrupt_and_other_versions(tmp_path: Path) -> None:
     with pytest.raises(PrepError, match=r"meta\.json: not found"):
-        load_meta(tmp_path)
+        read_meta(tmp_path)
     events, samples = _base()
     _run(tmp_path, events, samples)
     path = tmp_path / "out" / C.META_FILE
     meta = json.loads(path.read_text())
     path.write_text(json.dumps(meta | {"schema_version": C.SCHEMA_VERSION + 1}))
     with pytest.raises(PrepError) as err:
-        load_meta(tmp_path / "out")
+        read_meta(tmp_path / "out")
     assert str(path) in str(err.value)
     assert f"schema version {C.SCHEMA_VERSION + 1}, this code reads {C.SCHEMA_VERSION}" in str(
         err.value
@@ -319,7 +322,7 @@ def test_load_meta_rejects_missing_corrupt_and_other_versions(tmp_path: Path) ->
     assert not _run(tmp_path, events, samples).skipped  # an old version is never reused
     path.write_text("{not json")
     with pytest.raises(PrepError, match=r"meta\.json: unreadable or corrupt"):
-        load_meta(tmp_path / "out")
+        read_meta(tmp_path / "out")
 
 
 def test_output_is_deterministic_and_independent_of_input_order(tmp_path: Path) -> None:
@@ -331,9 +334,7 @@ def test_output_is_deterministic_and_independent_of_input_order(tmp_path: Path) 
     for name in names:
         assert pl.read_parquet(a.out_dir / name).equals(pl.read_parquet(b.out_dir / name)), name
     assert a.report == b.report
-    assert {k: v for k, v in a.meta.items() if k != "created"} == {
-        k: v for k, v in b.meta.items() if k != "created"
-    }
+    assert replace(a.meta, created="") == replace(b.meta, created="")
 
 
 def test_meta_describes_groups_tasks_and_time(tmp_path: Path) -> None:
@@ -345,20 +346,20 @@ def test_meta_describes_groups_tasks_and_time(tmp_path: Path) -> None:
     sm = sm.with_columns(pl.lit("x").alias("note"), pl.lit(0.5).alias("prob_orphan"))
     res = prepare(_events(events), sm, tmp_path, CFG, {"name": "sim"}, "fp")
     assert res.report["samples"]["ignored_columns"] == ["note", "prob_orphan"]
-    meta = load_meta(tmp_path)
+    meta = read_meta(tmp_path)
     assert meta == res.meta
-    assert meta["groups"]["coupon"] == {"index": 1, "fields": list(C.GROUP_FIELDS["coupon"])}
-    assert meta["tasks"]["click"]["target_groups"] == ["item"]
-    assert meta["tasks"]["redeem"] == {
-        "target_groups": ["coupon"],
-        "has_prob": True,
-        "label_col": "label_redeem",
-        "prob_col": "prob_redeem",
-    }
-    assert meta["time"] == {"unit_seconds": 86_400, "n_buckets": 13}
-    assert meta["source"] == {"name": "sim"} and meta["fingerprint"] == "fp"
-    assert meta["actions"] == ["<pad>", "<oov>", "click", "cart", "receive", "use"]
-    assert meta["n_actions"] == 6
+    assert meta.groups["coupon"] == GroupInfo(index=1, fields=C.GROUP_FIELDS["coupon"])
+    assert meta.tasks["click"].target_groups == ("item",)
+    assert meta.tasks["redeem"] == TaskInfo(
+        target_groups=("coupon",),
+        has_prob=True,
+        label_col="label_redeem",
+        prob_col="prob_redeem",
+    )
+    assert meta.time == TimeRule(unit_seconds=86_400, n_buckets=13)
+    assert meta.source == {"name": "sim"} and meta.fingerprint == "fp"
+    assert meta.actions == ("<pad>", "<oov>", "click", "cart", "receive", "use")
+    assert meta.n_actions == 6
     train = pl.read_parquet(tmp_path / C.samples_file("train"))
     assert train.schema["prob_redeem"] == pl.Float32
     assert train.schema["label_click"] == pl.Int8

@@ -11,14 +11,15 @@ import pytest
 
 from data_prep import contract as C
 from data_prep.pipeline import PrepConfig, PrepError, prepare
-from data_prep.protocol import draw_negatives, next_item_samples
-from data_prep.sources import prepare_from_config
+from data_prep.run import prepare_from_config
+from data_prep.schema import EVENT_SCHEMA
+from data_prep.sources.protocol import draw_negatives, next_item_samples
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"real data samples not found at {SHARED} (../shared/data)"
 )
-PREP: dict[str, Any] = {}
+PREP = PrepConfig()
 
 
 def _events(rows: list[tuple[str, int, str, str]]) -> pl.DataFrame:
@@ -32,7 +33,7 @@ def _events(rows: list[tuple[str, int, str, str]]) -> pl.DataFrame:
         C.CATEGORY: [f"c_{r[3]}" for r in rows],
     }
     return pl.DataFrame(
-        {k: data.get(k, [None] * len(rows)) for k in C.EVENT_SCHEMA}, schema=C.EVENT_SCHEMA
+        {k: data.get(k, [None] * len(rows)) for k in EVENT_SCHEMA}, schema=EVENT_SCHEMA
     )
 
 
@@ -113,7 +114,7 @@ def test_multi_behaviour_tasks(tmp_path: Path) -> None:
     res = prepare(
         ev.lazy(), sm.lazy(), tmp_path, PrepConfig(), {"name": "t"}, "fp", split="leave_last_out"
     )
-    assert set(res.meta["tasks"]) == {"click", "purchase"}
+    assert set(res.meta.tasks) == {"click", "purchase"}
 
 
 def _prepared(ev: pl.DataFrame, sm: pl.DataFrame, out: Path) -> dict[str, pl.DataFrame]:
@@ -202,13 +203,13 @@ def test_adapter_config_errors(tmp_path: Path) -> None:
 def test_amazon_seq_beauty_end_to_end(tmp_path: Path) -> None:
     ds = {"name": "amazon_seq", "path": str(SHARED / "amazon_beauty")}
     res = prepare_from_config(ds, PREP, tmp_path)
-    splits = res.meta["counts"]["splits"]
+    splits = res.meta.counts.splits
     assert splits["test"]["tasks"]["click"] == {"labelled": 2 * 22_363, "positives": 22_363}
     assert splits["val"]["tasks"]["click"]["positives"] == 22_363
     assert splits["train"]["tasks"]["click"]["positives"] == 198_502 - 3 * 22_363
-    assert list(res.meta["tasks"]) == ["click"] and res.meta["split"]["method"] == "leave_last_out"
+    assert list(res.meta.tasks) == ["click"] and res.meta.split["method"] == "leave_last_out"
     assert res.report["source"]["adapter"] == "amazon_seq" and res.report["source"]["notes"]
-    assert any(p.endswith("Beauty_item2attributes.json") for p in res.meta["source"]["inputs"])
+    assert any(p.endswith("Beauty_item2attributes.json") for p in res.meta.source["inputs"])
     assert prepare_from_config(ds, PREP, tmp_path).skipped
 
 
@@ -217,17 +218,17 @@ def test_taobao_end_to_end(tmp_path: Path) -> None:
     folder = SHARED / "taobao_userbehavior"
     ds = {"name": "taobao", "path": str(folder), "tasks": {"click": ["click"], "buy": ["purchase"]}}
     res = prepare_from_config(ds, PREP, tmp_path)
-    assert set(res.meta["tasks"]) == {"click", "buy"}
+    assert set(res.meta.tasks) == {"click", "buy"}
     for split in C.SPLITS:
-        tasks = res.meta["counts"]["splits"][split]["tasks"]
+        tasks = res.meta.counts.splits[split]["tasks"]
         for t in ("click", "buy"):
             assert tasks[t]["positives"] > 0 and tasks[t]["labelled"] == 2 * tasks[t]["positives"]
     stats = res.report["source"]["next_item"]["tasks"]
     assert (
-        res.meta["counts"]["splits"]["test"]["tasks"]["buy"]["positives"]
+        res.meta.counts.splits["test"]["tasks"]["buy"]["positives"]
         == (stats["buy"]["users_with_eval"])
     )
-    assert len(res.meta["source"]["inputs"]) == 4  # the folder and its three CSV files
+    assert len(res.meta.source["inputs"]) == 4  # the folder and its three CSV files
 
 
 @needs_shared
@@ -247,7 +248,7 @@ def test_changed_input_prepares_again(tmp_path: Path) -> None:
     assert prepare_from_config(ds, PREP, tmp_path / "cache").skipped
     f.write_text("\n".join([*lines, "u9,99,5,pv,1511544070"]) + "\n")
     again = prepare_from_config(ds, PREP, tmp_path / "cache")
-    assert not again.skipped and again.meta["fingerprint"] != first.meta["fingerprint"]
+    assert not again.skipped and again.meta.fingerprint != first.meta.fingerprint
 
 
 def test_hydra_composes_real_datasets() -> None:
@@ -273,6 +274,6 @@ def test_o2o_training_file_uses_its_own_samples(tmp_path: Path) -> None:
     f.write_text("\n".join(rows) + "\n")
     ds = {"name": "o2o", "path": str(f), "protocol": "global_time"}
     res = prepare_from_config(ds, PREP, tmp_path / "cache")
-    assert res.meta["split"]["method"] == "global_time_cut"
-    assert [res.meta["counts"]["splits"][s]["rows"] for s in C.SPLITS] == [160, 20, 20]
-    assert list(res.meta["tasks"]) == ["coupon"] and res.report["source"]["adapter"] == "o2o"
+    assert res.meta.split["method"] == "global_time_cut"
+    assert [res.meta.counts.splits[s]["rows"] for s in C.SPLITS] == [160, 20, 20]
+    assert list(res.meta.tasks) == ["coupon"] and res.report["source"]["adapter"] == "o2o"

@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 
 from data_prep import contract as C
-from data_prep.simulator import TASKS, SimConfig, SimSummary, sim_config_from_dict, simulate
+from data_prep.schema import EVENT_SCHEMA, SAMPLE_BASE_SCHEMA
+from data_prep.sources.sim import TASKS, SimConfig, SimSummary, sim_config_from_dict, simulate
 
 ITEM_FIELDS = C.GROUP_FIELDS["item"]
 COUPON_FIELDS = C.GROUP_FIELDS["coupon"]
@@ -69,9 +70,9 @@ def test_auc_helper() -> None:
 
 
 def test_schema_matches_contract(default_sim: Sim) -> None:
-    assert default_sim.events.schema == pl.Schema(C.EVENT_SCHEMA)
+    assert default_sim.events.schema == pl.Schema(EVENT_SCHEMA)
     want = {
-        **C.SAMPLE_BASE_SCHEMA,
+        **SAMPLE_BASE_SCHEMA,
         **{C.label_col(t): pl.Int8() for t in TASKS},
         **{C.prob_col(t): pl.Float64() for t in TASKS},
     }

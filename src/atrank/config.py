@@ -1,25 +1,84 @@
-"""Typed schemas of the project's own config groups, checked at the entry points.
+"""The config schemas: one dataclass per config object, registered with Hydra's ConfigStore.
 
-Hydra already refuses a misspelled key at compose time (struct mode); these schemas also
-refuse a value of the wrong type or range before any data is read or any model is built, with
-the full key in the message.
+Every entry point's config is composed through its root schema (``train_schema``,
+``eval_schema``, ``prep_schema``: the first entry of ``conf/{train,eval,prep}.yaml``), so a
+misspelled or mistyped key anywhere (command line, group file, experiment file) fails when
+the config is composed. The dataclasses hold the defaults (the YAML files hold only what
+differs) and check their own value ranges when constructed; :func:`train_config` and
+friends turn a composed config into those objects at the entry point, naming the full key of
+any bad value. Below the entry points nothing reads the config.
+
+The model's settings are :class:`atrank.model.ModelConfig`, the preparation's
+:class:`data_prep.pipeline.PrepConfig`, a derived task's
+:class:`data_prep.passes.derive.DerivedTask`: this module reuses them, it does not copy them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from atrank.model.config import ModelConfig, SettingError
+from data_prep.errors import PrepError
+from data_prep.passes.derive import DerivedTask, derived_tasks
+from data_prep.pipeline import PrepConfig
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config value is missing or malformed; the message names the key."""
 
 
+#: Metrics a task can log (computed by :class:`atrank.system.metrics.TaskMetrics`).
+METRIC_NAMES = ("auc", "gauc", "pair_auc", "logloss")
+
+#: torch.compile backends ``compile`` may name (``true`` means ``inductor``).
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
+
+
+class LossWeighting(str, Enum):
+    """How the tasks' losses are summed: the fixed ``task.<name>.weight``, or learned
+    per-task weights on top of them (Kendall, Gal and Cipolla, 2018)."""
+
+    fixed = "fixed"
+    uncertainty = "uncertainty"
+
+
+class Split(str, Enum):
+    """An evaluation split."""
+
+    val = "val"
+    test = "test"
+
+
+@dataclass
+class PathsConfig:
+    """Where data is cached and where a run writes (``conf/paths/default.yaml``)."""
+
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+
+
 @dataclass
 class DataConfig:
+    """How prepared data is served to the model.
+
+    Attributes:
+        dir: a prepared-data directory (``atrank-prep``); None = the configured dataset,
+            prepared into the cache on first use.
+        batch_size: training samples per batch and per device.
+        eval_batch_size: validation/test samples per batch and per device.
+        max_len: history window: the most recent behaviours kept.
+        num_workers: DataLoader workers (batches are tensor gathers: rarely worth it on 2 cores).
+        pin_memory: pin host memory for faster copies to a GPU.
+    """
+
     dir: str | None = None
     batch_size: int = 512
     eval_batch_size: int = 2048
@@ -27,166 +86,293 @@ class DataConfig:
     num_workers: int = 0
     pin_memory: bool = False
 
-
-@dataclass
-class EncoderConfig:
-    name: str = "atrank"
-
-
-@dataclass
-class ModelConfig:
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    field_dim: int = 32
-    d_model: int = 64
-    n_heads: int = 4
-    ffn_dim: int | None = None
-    n_blocks: int = 1
-    dropout: float = 0.0
-    score: str = "dot"
-    scorer: str = "dot"
-    mlp_hidden: list[int] = field(default_factory=lambda: [64])
-    l2_weight: float = 5e-5
-
-
-#: Metrics a task can log (computed by atrank.system.metrics.TaskMetrics).
-METRIC_NAMES = ("auc", "gauc", "pair_auc", "logloss")
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "eval_batch_size", "max_len"):
+            if getattr(self, key) <= 0:
+                raise SettingError(key, f"must be > 0, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise SettingError("num_workers", f"must be >= 0, got {self.num_workers}")
 
 
 @dataclass
-class TaskConfig:
+class TaskSpec:
+    """One trained task: what it scores, how its loss and metrics count, where its label is.
+
+    A ``conf/task/<name>.yaml`` file holds only what differs from these defaults.
+
+    Attributes:
+        target: the target type scored (a behaviour group: ``item`` | ``coupon``).
+        weight: loss weight (>= 0).
+        monitor_weight: weight in ``val/monitor`` (checkpointing, early stopping).
+        label: the data's label to learn; None = the task's own name.
+        space: the sample space: rows whose other labels equal these, e.g. ``{click: 1}``.
+        positive: behaviours that make a positive, the label then derived from the log at
+            preparation time; None = the data's own label.
+        negatives: where a derived task's negatives come from: ``impressions`` | ``sampled``
+            | None (the data's protocol decides).
+        horizon: impressions: seconds after the impression in which the behaviour counts.
+        metrics: validation/test metrics (``auc`` always: model selection reads it).
+    """
+
     target: str = "item"
     weight: float = 1.0
     monitor_weight: float = 1.0
-    label: str | None = None  # the data's label to learn; None = the task's own name
-    space: dict[str, int] = field(default_factory=dict)  # rows kept: other labels == values
-    # Derived at preparation time: the behaviours that make a positive (None = the data's own
-    # label), where negatives come from (impressions | sampled | None = the data's protocol)
-    # and, on impressions, how many seconds after the impression a behaviour counts.
+    label: str | None = None
+    space: dict[str, int] = field(default_factory=dict)
     positive: list[str] | None = None
     negatives: str | None = None
-    horizon: int = 3600
-    # Validation/test metrics of the task (auc is always computed: model selection reads it).
+    horizon: int = DerivedTask.horizon
     metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
 
+    def __post_init__(self) -> None:
+        for key in ("weight", "monitor_weight"):
+            if getattr(self, key) < 0:
+                raise SettingError(key, f"must be >= 0, got {getattr(self, key)}")
+        bad = sorted(set(self.metrics) - set(METRIC_NAMES))
+        if bad or "auc" not in self.metrics:
+            raise SettingError(
+                "metrics",
+                f"must be a subset of {list(METRIC_NAMES)} that includes auc, "
+                f"got {list(self.metrics)}",
+            )
+        for dep, value in self.space.items():
+            if value not in (0, 1):
+                raise SettingError(f"space.{dep}", f"must be 0 or 1, got {value}")
+        if self.positive is None:
+            if self.negatives is not None:
+                raise SettingError(
+                    "negatives", "needs 'positive' (the behaviours that make a positive)"
+                )
+            return
+        if self.label is not None:
+            raise SettingError("label", "a derived task (positive) has its own label; set null")
+        self.derived()  # the derived task's own rules
 
-def typed(schema: type, node: Any, key: str) -> Any:
-    """Validates ``node`` against the dataclass ``schema``; returns the dataclass instance."""
+    def label_of(self, name: str) -> str:
+        """The data's label this task (named ``name``) learns."""
+        return self.label or name
+
+    def derived(self) -> DerivedTask | None:
+        """The task as the preparation derives it from the log, or None (the data's label).
+
+        Raises:
+            SettingError: naming the key the derived task refuses.
+        """
+        if self.positive is None:
+            return None
+        try:
+            return DerivedTask(list(self.positive), self.target, self.negatives, self.horizon)
+        except PrepError as e:
+            key, _, why = str(e).partition(": ")
+            raise SettingError("positive" if key == "actions" else key, why) from None
+
+
+@dataclass
+class TrainConfig:
+    """The root of ``atrank-train``'s config (``conf/train.yaml``).
+
+    Attributes:
+        paths: cache and output locations.
+        dataset: the data source when ``data.dir`` is null; checked by the source itself,
+            whose options differ (``data_prep.sources``).
+        prep: the preparation's settings.
+        data: batching and history window.
+        task: the trained tasks by name.
+        model: the model's settings.
+        optimizer, scheduler, trainer, callbacks, logger: ``_target_`` nodes instantiated by
+            Hydra (their keys are the classes' own arguments).
+        loss_weighting: ``fixed`` | ``uncertainty``.
+        seed: seeds python, numpy, torch and the data shuffle.
+        threads: torch intra-op threads; None = the cores left free by DataLoader workers.
+        compile: ``torch.compile`` the model: false, true (inductor) or a backend name.
+        train: run training.
+        test: test the best checkpoint after training.
+        ckpt_path: resume training from this checkpoint.
+    """
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    prep: PrepConfig = field(default_factory=PrepConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: dict[str, TaskSpec] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: Any = None
+    scheduler: Any = None
+    trainer: Any = None
+    callbacks: Any = None
+    logger: Any = None
+    loss_weighting: LossWeighting = LossWeighting.fixed
+    seed: int = 1234
+    threads: int | None = None
+    compile: Any = False
+    train: bool = True
+    test: bool = True
+    ckpt_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise SettingError("task", "selects no task: use e.g. task=[click,purchase,coupon]")
+        if self.threads is not None and self.threads < 1:
+            raise SettingError("threads", f"must be >= 1 or null, got {self.threads}")
+        if self.compile not in (None, False, True, *COMPILE_BACKENDS):
+            raise SettingError(
+                "compile",
+                f"must be true, false or a backend ({', '.join(COMPILE_BACKENDS)}), "
+                f"got {self.compile!r}",
+            )
+
+    @property
+    def compile_backend(self) -> str | None:
+        """The ``torch.compile`` backend, or None for eager PyTorch."""
+        if self.compile in (None, False):
+            return None
+        return "inductor" if self.compile is True else str(self.compile)
+
+
+@dataclass
+class EvalConfig:
+    """The root of ``atrank-eval``'s config (``conf/eval.yaml``).
+
+    Attributes:
+        ckpt_path: a checkpoint written by ``atrank-train``.
+        data_dir: None = the data the checkpoint was trained on.
+        split: ``val`` | ``test``.
+        batch_size: None = the training run's ``data.eval_batch_size``.
+        threads: torch intra-op threads; None = all free cores.
+    """
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    trainer: Any = None
+    logger: Any = None
+    ckpt_path: str = MISSING
+    data_dir: str | None = None
+    split: Split = Split.test
+    batch_size: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise SettingError("batch_size", f"must be > 0 or null, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise SettingError("threads", f"must be >= 1 or null, got {self.threads}")
+
+
+@dataclass
+class PrepJobConfig:
+    """The root of ``atrank-prep``'s config (``conf/prep.yaml``).
+
+    Attributes:
+        out_dir: None = ``${paths.cache_dir}/prepared/<dataset>-<fingerprint>``.
+        force: prepare again even when ``out_dir`` holds the same inputs and settings.
+        derive: tasks derived from behaviours, e.g.
+            ``+derive.cart={actions:[cart],target:item,horizon:3600}`` (each entry holds the
+            fields of :class:`data_prep.passes.derive.DerivedTask`, which checks them).
+    """
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    prep: PrepConfig = field(default_factory=PrepConfig)
+    out_dir: str | None = None
+    force: bool = False
+    # A mapping, not dict[str, DerivedTask]: OmegaConf cannot add a dataclass entry from the
+    # command line (+derive.cart=...); derived_tasks() builds and checks the entries.
+    derive: dict[str, Any] = field(default_factory=dict)
+
+    def derived(self) -> dict[str, DerivedTask]:
+        """The ``derive`` entries as derived tasks.
+
+        Raises:
+            PrepError: naming ``derive.<task>`` and the key at fault.
+        """
+        return derived_tasks(self.derive)
+
+
+def register_configs() -> None:
+    """Registers the root schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="prep_schema", node=PrepJobConfig)
+
+
+def _convert(schema: type[T], node: Any, key: str) -> T:
+    """Builds ``schema`` from ``node`` field by field, so that an error names its full key."""
     if node is None:
         raise ConfigError(f"config key {key!r} is missing")
+    hints = get_type_hints(schema)
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(schema)}  # type: ignore[arg-type]
+    extra = sorted(set(node) - known) if isinstance(node, (dict, DictConfig)) else []
+    if extra:  # a `+key=value` added to a typed node: refused, never silently dropped
+        raise ConfigError(f"config key '{_join(key, extra[0])}': not a key of {schema.__name__}")
+    for f in fields(schema):  # type: ignore[arg-type]
+        sub = _join(key, f.name)
+        if isinstance(node, DictConfig) and OmegaConf.is_missing(node, f.name):
+            raise ConfigError(f"config key {sub!r} is missing: set it, e.g. {sub}=...")
+        if f.name not in node:
+            continue  # the schema's default
+        try:
+            value = node[f.name]  # (resolves interpolations)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"config key {sub!r}: {_message(e)}") from None
+        values[f.name] = _value(hints[f.name], value, sub)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
-        return OmegaConf.to_object(merged)
+        return schema(**values)
+    except SettingError as e:
+        raise ConfigError(f"config key '{_join(key, e.key)}': {e.why}") from None
+    except (PrepError, ValueError, TypeError) as e:
+        raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+def _value(hint: Any, value: Any, key: str) -> Any:
+    """One field's value: a nested schema, a mapping of schemas, an enum or a plain value."""
+    if isinstance(hint, type) and is_dataclass(hint):
+        return _convert(hint, value, key)
+    if get_origin(hint) is dict and is_dataclass(get_args(hint)[1]) and value is not None:
+        return {
+            str(k): _convert(get_args(hint)[1], v, _join(key, str(k))) for k, v in value.items()
+        }
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    return value
+
+
+def _join(key: str, sub: str) -> str:
+    return f"{key}.{sub}" if key else sub
+
+
+def _message(e: OmegaConfBaseException) -> str:
+    return str(getattr(e, "msg", None) or e).splitlines()[0]
+
+
+def _typed_root(schema: type[T], cfg: DictConfig) -> T:
+    """Re-validates ``cfg`` against ``schema`` (types at the edge), then converts it."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except OmegaConfBaseException as e:
-        sub = getattr(e, "full_key", None) or ""
-        raise ConfigError(
-            f"config key '{key}.{sub}': {e.msg if hasattr(e, 'msg') else e}"
-        ) from None
+        raise ConfigError(f"config key '{getattr(e, 'full_key', '')}': {_message(e)}") from None
+    return _convert(schema, merged, "")
 
 
-def _positive(value: float, key: str) -> None:
-    if value <= 0:
-        raise ConfigError(f"config key {key!r} must be > 0, got {value}")
+def train_config(cfg: DictConfig) -> TrainConfig:
+    """The typed ``atrank-train`` config (also the one stored in checkpoints).
+
+    Raises:
+        ConfigError: naming the full key of the first missing, mistyped or invalid value.
+    """
+    return _typed_root(TrainConfig, cfg)
 
 
-def data_config(cfg: DictConfig) -> DataConfig:
-    """Checks ``cfg.data``."""
-    d: DataConfig = typed(DataConfig, cfg.data, "data")
-    for k in ("batch_size", "eval_batch_size", "max_len"):
-        _positive(getattr(d, k), f"data.{k}")
-    if d.num_workers < 0:
-        raise ConfigError(f"config key 'data.num_workers' must be >= 0, got {d.num_workers}")
-    return d
+def eval_config(cfg: DictConfig) -> EvalConfig:
+    """The typed ``atrank-eval`` config; raises :class:`ConfigError` like :func:`train_config`."""
+    return _typed_root(EvalConfig, cfg)
 
 
-def model_config(cfg: DictConfig) -> ModelConfig:
-    """Checks ``cfg.model``."""
-    m: ModelConfig = typed(ModelConfig, cfg.model, "model")
-    for k in ("field_dim", "d_model", "n_heads", "n_blocks"):
-        _positive(getattr(m, k), f"model.{k}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {m.dropout}")
-    if m.l2_weight < 0:
-        raise ConfigError(f"config key 'model.l2_weight' must be >= 0, got {m.l2_weight}")
-    return m
+def prep_job_config(cfg: DictConfig) -> PrepJobConfig:
+    """The typed ``atrank-prep`` config; raises :class:`ConfigError` like :func:`train_config`."""
+    return _typed_root(PrepJobConfig, cfg)
 
 
-def loss_weighting(cfg: DictConfig) -> str:
-    """Checks ``cfg.loss_weighting``."""
-    value = cfg.get("loss_weighting", "fixed")
-    if value not in ("fixed", "uncertainty"):
-        raise ConfigError(
-            f"config key 'loss_weighting' must be fixed or uncertainty, got {value!r}"
-        )
-    return str(value)
-
-
-def _check_derived(name: str, t: TaskConfig) -> None:
-    """Checks the keys of a task derived from behaviours (``positive``, ``negatives``, ...)."""
-    if t.positive is not None and not t.positive:
-        raise ConfigError(
-            f"config key 'task.{name}.positive' must list behaviours (e.g. [cart]) or be null"
-        )
-    if t.negatives not in (None, "impressions", "sampled"):
-        raise ConfigError(
-            f"config key 'task.{name}.negatives' must be impressions, sampled or null, "
-            f"got {t.negatives!r}"
-        )
-    if t.positive is None and t.negatives is not None:
-        raise ConfigError(
-            f"config key 'task.{name}.negatives' needs 'task.{name}.positive' (the behaviours "
-            "that make a positive)"
-        )
-    if t.horizon <= 0:
-        raise ConfigError(f"config key 'task.{name}.horizon' must be > 0, got {t.horizon}")
-    if t.positive is not None and t.label is not None:
-        raise ConfigError(
-            f"config key 'task.{name}': a derived task (positive) has its own label; "
-            "set label: null"
-        )
-
-
-def task_configs(cfg: DictConfig) -> dict[str, TaskConfig]:
-    """Checks ``cfg.task``: one entry per trained task, keyed by task name."""
-    node = cfg.get("task")
-    if not node:
-        raise ConfigError(
-            "config key 'task' selects no task: use e.g. task=[click,purchase,coupon]"
-        )
-    tasks: dict[str, TaskConfig] = {}
-    for name in node:
-        t: TaskConfig = typed(TaskConfig, node[name], f"task.{name}")
-        if t.weight < 0:
-            raise ConfigError(f"config key 'task.{name}.weight' must be >= 0, got {t.weight}")
-        if t.monitor_weight < 0:
-            raise ConfigError(
-                f"config key 'task.{name}.monitor_weight' must be >= 0, got {t.monitor_weight}"
-            )
-        _check_derived(name, t)
-        bad = sorted(set(t.metrics) - set(METRIC_NAMES))
-        if bad or "auc" not in t.metrics:
-            raise ConfigError(
-                f"config key 'task.{name}.metrics' must be a subset of {list(METRIC_NAMES)} "
-                f"that includes auc, got {list(t.metrics)}"
-            )
-        for dep, value in t.space.items():
-            if value not in (0, 1):
-                raise ConfigError(
-                    f"config key 'task.{name}.space.{dep}' must be 0 or 1, got {value}"
-                )
-        tasks[str(name)] = t
-    return tasks
-
-
-def compile_backend(value: object) -> str | None:
-    """Checks ``cfg.compile``: false/null = eager PyTorch, true = ``inductor``, or a
-    ``torch.compile`` backend name (``eager``, ``aot_eager``: tracing only, for checks)."""
-    if value in (None, False):
-        return None
-    if value is True:
-        return "inductor"
-    if isinstance(value, str) and value in ("inductor", "eager", "aot_eager", "cudagraphs"):
-        return value
-    raise ConfigError(
-        f"config key 'compile' must be true, false or a backend (inductor, eager, aot_eager, "
-        f"cudagraphs), got {value!r}"
-    )
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """A composed config as plain, resolved JSON types (what checkpoints store)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]

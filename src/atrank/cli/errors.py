@@ -11,7 +11,7 @@ from typing import TypeVar
 from omegaconf.errors import MissingMandatoryValue
 
 from atrank.config import ConfigError
-from data_prep.pipeline import PrepError
+from data_prep.errors import PrepError
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, PrepError, MissingMandatoryValue)
 

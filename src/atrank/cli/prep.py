@@ -1,6 +1,6 @@
 """``atrank-prep``: prepare a dataset (generated or real) into training files.
 
-Imports no torch: preparation is polars only.
+The preparation itself is polars only; the config schemas come from ``atrank.config``.
 """
 
 from __future__ import annotations
@@ -9,23 +9,26 @@ import json
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from atrank.cli.errors import friendly_errors
+from atrank.config import prep_job_config, register_configs
+from data_prep.run import prepare_from_config
+
+register_configs()  # the schemas every composed config is checked against
 
 
 @hydra.main(version_base="1.3", config_path="pkg://atrank.conf", config_name="prep")
 @friendly_errors
 def _main(cfg: DictConfig) -> None:
-    from data_prep.sources import prepare_from_config
-
+    job = prep_job_config(cfg)
     result = prepare_from_config(
-        OmegaConf.to_container(cfg.dataset, resolve=True),  # type: ignore[arg-type]
-        OmegaConf.to_container(cfg.prep, resolve=True),  # type: ignore[arg-type]
-        cache_dir=Path(str(cfg.paths.cache_dir)),
-        out_dir=Path(str(cfg.out_dir)) if cfg.out_dir is not None else None,
-        force=bool(cfg.force),
-        derive=OmegaConf.to_container(cfg.derive, resolve=True) if cfg.get("derive") else None,  # type: ignore[arg-type]
+        job.dataset,
+        job.prep,
+        cache_dir=Path(job.paths.cache_dir),
+        out_dir=Path(job.out_dir) if job.out_dir is not None else None,
+        force=job.force,
+        derive=job.derived(),
     )
     if result.skipped:
         print(

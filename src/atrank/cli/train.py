@@ -6,6 +6,9 @@ import hydra
 from omegaconf import DictConfig
 
 from atrank.cli.errors import friendly_errors
+from atrank.config import register_configs
+
+register_configs()  # the schemas every composed config is checked against
 
 
 @hydra.main(version_base="1.3", config_path="pkg://atrank.conf", config_name="train")

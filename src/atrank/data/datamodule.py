@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from atrank.data.batch import Batch
 from atrank.data.batching import BatchBuilder, BatchDataset, BatchIndexSampler
 from atrank.data.store import LabelSpec, SampleTable, Timeline, read_prepared
+from data_prep.meta import PreparedMeta
 
 
 def _one_thread_per_worker(_: int) -> None:
@@ -52,7 +53,7 @@ class ATRankDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_len, self.num_workers, self.pin_memory = max_len, num_workers, pin_memory
         self.seed = seed
-        self.meta: dict[str, Any] = {}
+        self.meta: PreparedMeta | None = None
         self.timeline: Timeline | None = None
         self.splits: dict[str, SampleTable] = {}
         self.builder: BatchBuilder | None = None
@@ -62,10 +63,15 @@ class ATRankDataModule(L.LightningDataModule):
         if self.timeline is not None:
             return
         self.meta, self.timeline, self.splits = read_prepared(self.dir, self.tasks)
-        time = self.meta["time"]
-        self.builder = BatchBuilder(
-            self.timeline, self.max_len, int(time["unit_seconds"]), int(time["n_buckets"])
-        )
+        time = self.meta.time
+        self.builder = BatchBuilder(self.timeline, self.max_len, time.unit_seconds, time.n_buckets)
+
+    @property
+    def prepared_meta(self) -> PreparedMeta:
+        """The prepared data's metadata (reads the data on first use)."""
+        self.setup()
+        assert self.meta is not None
+        return self.meta
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer

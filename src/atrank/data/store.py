@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from data_prep import contract as C
-from data_prep.pipeline import PrepError, load_meta
+from data_prep.errors import PrepError
+from data_prep.meta import PreparedMeta, read_meta
 
 
 def _tensor(df: pl.DataFrame, col: str, dtype: torch.dtype) -> Tensor:
@@ -170,7 +171,7 @@ class SampleTable:
 
 def read_prepared(
     root: Path, tasks: list[str] | dict[str, LabelSpec]
-) -> tuple[dict, Timeline, dict[str, SampleTable]]:
+) -> tuple[PreparedMeta, Timeline, dict[str, SampleTable]]:
     """Reads meta, timeline and every split of a prepared-data directory.
 
     Args:
@@ -184,8 +185,8 @@ def read_prepared(
     Raises:
         PrepError: naming the file or task at fault.
     """
-    meta = load_meta(root)
-    known = sorted(meta.get("tasks", {}))
+    meta = read_meta(root)
+    known = sorted(meta.tasks)
     for task, spec in _specs(tasks).items():
         for src in sorted(spec.sources()):
             if src not in known:

@@ -1,17 +1,17 @@
 """The ATRank-MT model: plain ``nn.Module``s, usable without Lightning or Hydra."""
 
 from atrank.model.atrank import ATRankModel, ModelOutput, build_model
-from atrank.model.attention import SCORES, MultiHeadAttentionBlock, ScoreKind
+from atrank.model.attention import MultiHeadAttentionBlock
+from atrank.model.config import SCORERS, SCORES, DataShape, ModelConfig, ScoreKind, ScorerKind
 from atrank.model.embedding import BehaviourEmbedding
 from atrank.model.encoder import (
     ENCODERS,
     ATRankEncoder,
-    EncoderArgs,
     EncoderFactory,
     HistoryEncoder,
     NoHistoryEncoder,
 )
-from atrank.model.heads import SCORERS, ScorerKind, TaskHead
+from atrank.model.heads import TaskHead
 from atrank.model.loss import masked_bce_with_logits, masked_mean, multitask_loss
 
 __all__ = [
@@ -21,9 +21,10 @@ __all__ = [
     "ATRankEncoder",
     "ATRankModel",
     "BehaviourEmbedding",
-    "EncoderArgs",
+    "DataShape",
     "EncoderFactory",
     "HistoryEncoder",
+    "ModelConfig",
     "ModelOutput",
     "MultiHeadAttentionBlock",
     "NoHistoryEncoder",

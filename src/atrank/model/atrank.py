@@ -8,18 +8,18 @@ Shape glossary:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from atrank.data.batch import Batch
-from atrank.model.attention import SCORES, MultiHeadAttentionBlock, ScoreKind
-from atrank.model.baselines import NEEDS_USERS  # importing it registers the baselines
+from atrank.model import baselines  # noqa: F401 (importing it registers the baselines)
+from atrank.model.attention import MultiHeadAttentionBlock
+from atrank.model.config import DataShape, ModelConfig
 from atrank.model.embedding import BehaviourEmbedding
-from atrank.model.encoder import ENCODERS, EncoderArgs, HistoryEncoder
-from atrank.model.heads import SCORERS, ScorerKind, TaskHead
+from atrank.model.encoder import ENCODERS, HistoryEncoder
+from atrank.model.heads import TaskHead
 
 EMBEDDING_STD = 0.02
 
@@ -58,14 +58,16 @@ class ATRankModel(nn.Module):
         init_weights: bool = True,
     ) -> None:
         super().__init__()
+        if not task_groups:
+            raise ValueError("task_groups: needs at least one task")
+        unknown = {t: g for t, g in task_groups.items() if g not in embedding.group_fields}
+        if unknown:
+            raise ValueError(f"task_groups: groups the embedding lacks: {unknown}")
         if set(heads) != set(task_groups):
             raise ValueError(
                 f"heads and task_groups must name the same tasks, got {sorted(heads)} "
                 f"and {sorted(task_groups)}"
             )
-        unknown = {t: g for t, g in task_groups.items() if g not in embedding.group_fields}
-        if unknown:
-            raise ValueError(f"task_groups name groups the embedding lacks: {unknown}")
         self.embedding = embedding
         self.encoder = encoder
         self.heads = heads
@@ -141,143 +143,38 @@ class ATRankModel(nn.Module):
         return ModelOutput(logits=logits, l2=l2)
 
 
-def build_model(
-    vocab_sizes: dict[str, int],
-    group_fields: dict[str, tuple[str, ...]],
-    n_actions: int,
-    n_time_buckets: int,
-    task_groups: dict[str, str],
-    encoder: str = "atrank",
-    field_dim: int = 32,
-    d_model: int = 64,
-    n_heads: int = 4,
-    ffn_dim: int | None = None,
-    n_blocks: int = 1,
-    dropout: float = 0.0,
-    score: ScoreKind = "dot",
-    scorer: ScorerKind = "dot",
-    mlp_hidden: Sequence[int] = (64,),
-    n_users: int = 0,
-) -> ATRankModel:
+def build_model(config: ModelConfig, shape: DataShape, task_groups: dict[str, str]) -> ATRankModel:
     """Builds and initialises an ATRank-MT model.
 
     Args:
-        vocab_sizes: rows of each field's table (``meta.json`` of the prepared data).
-        group_fields: ``group -> fields``; a group's first field is its id field.
-        n_actions: rows of the action table.
-        n_time_buckets: number of time-gap buckets (13 in ATRank).
-        task_groups: ``task -> group of its targets``.
-        encoder: a name in :data:`atrank.model.encoder.ENCODERS`.
-        field_dim: width of each field, action and time embedding.
-        d_model: hidden size.
-        n_heads: attention heads; must divide ``d_model``.
-        ffn_dim: feed-forward inner width; None means ``d_model // 4`` (ATRank).
-        n_blocks: self-attention blocks in the encoder.
-        dropout: dropout on attention weights.
-        score: attention score, ``"dot"`` or ``"bilinear"``.
-        scorer: ``"dot"`` (``<u, t> + bias``) or ``"mlp"``.
-        mlp_hidden: hidden widths of the MLP scorer.
-        n_users: rows of the user table (``meta.json`` ``counts.users``); needed by ``bpr``
-            only, 0 means unknown.
+        config: the model's settings (checked when the config was made).
+        shape: what the prepared data fixes (``meta.json``: vocabulary sizes, groups,
+            actions, time buckets, users).
+        task_groups: ``task -> group of its targets``; one head per task.
 
     Returns:
         The model, its weights initialised once.
 
     Raises:
-        ValueError: naming the offending argument.
+        ValueError: naming the offending argument (a task on an unknown group, an encoder
+            that needs what the data lacks).
     """
-    ffn = d_model // 4 if ffn_dim is None else ffn_dim
-    _check_args(
-        vocab_sizes=vocab_sizes,
-        group_fields=group_fields,
-        n_actions=n_actions,
-        n_time_buckets=n_time_buckets,
-        task_groups=task_groups,
-        encoder=encoder,
-        field_dim=field_dim,
-        d_model=d_model,
-        n_heads=n_heads,
-        ffn_dim=ffn,
-        n_blocks=n_blocks,
-        dropout=dropout,
-        score=score,
-        scorer=scorer,
-        mlp_hidden=mlp_hidden,
-        n_users=n_users,
-    )
-    embedding = BehaviourEmbedding(
-        vocab_sizes, group_fields, n_actions, n_time_buckets, field_dim, d_model
-    )
-    history_encoder = ENCODERS[encoder](
-        EncoderArgs(d_model, n_heads, ffn, n_blocks, dropout, score, n_users)
-    )
+    embedding = BehaviourEmbedding(shape, config.field_dim, config.d_model)
+    history_encoder = ENCODERS[config.encoder](config, shape)
     heads = nn.ModuleDict(
         {
             task: TaskHead(
-                d_model=d_model,
-                n_heads=n_heads,
-                ffn_dim=ffn,
-                n_targets=vocab_sizes[embedding.id_field(group)],
-                dropout=dropout,
-                score=score,
-                scorer=scorer,
-                mlp_hidden=mlp_hidden,
+                d_model=config.d_model,
+                n_heads=config.n_heads,
+                ffn_dim=config.ffn,
+                n_targets=shape.vocab_sizes[shape.id_field(group)],
+                dropout=config.dropout,
+                score=config.score,  # type: ignore[arg-type]
+                scorer=config.scorer,  # type: ignore[arg-type]
+                mlp_hidden=config.mlp_hidden,
             )
             for task, group in task_groups.items()
+            if group in shape.group_fields  # (an unknown group is refused by ATRankModel)
         }
     )
     return ATRankModel(embedding, history_encoder, heads, task_groups)
-
-
-def _require(ok: bool, arg: str, why: str) -> None:
-    if not ok:
-        raise ValueError(f"{arg}: {why}")
-
-
-def _check_args(
-    *,
-    vocab_sizes: dict[str, int],
-    group_fields: dict[str, tuple[str, ...]],
-    n_actions: int,
-    n_time_buckets: int,
-    task_groups: dict[str, str],
-    encoder: str,
-    field_dim: int,
-    d_model: int,
-    n_heads: int,
-    ffn_dim: int,
-    n_blocks: int,
-    dropout: float,
-    score: str,
-    scorer: str,
-    mlp_hidden: Sequence[int],
-    n_users: int,
-) -> None:
-    _require(bool(group_fields), "group_fields", "needs at least one group")
-    for group, fields in group_fields.items():
-        _require(len(fields) > 0, "group_fields", f"group {group!r} has no fields")
-        for f in fields:
-            _require(f in vocab_sizes, "vocab_sizes", f"no size for field {f!r} of {group!r}")
-            _require(vocab_sizes.get(f, 0) >= 2, "vocab_sizes", f"{f!r} needs >= 2 rows")
-    _require(n_actions >= 2, "n_actions", f"needs >= 2 (padding + one action), got {n_actions}")
-    _require(n_time_buckets >= 1, "n_time_buckets", f"must be >= 1, got {n_time_buckets}")
-    _require(bool(task_groups), "task_groups", "needs at least one task")
-    for task, group in task_groups.items():
-        _require(group in group_fields, "task_groups", f"task {task!r}: unknown group {group!r}")
-    _require(encoder in ENCODERS, "encoder", f"must be one of {sorted(ENCODERS)}, got {encoder!r}")
-    _require(field_dim >= 1, "field_dim", f"must be >= 1, got {field_dim}")
-    _require(d_model >= 1, "d_model", f"must be >= 1, got {d_model}")
-    _require(n_heads >= 1, "n_heads", f"must be >= 1, got {n_heads}")
-    _require(d_model % max(n_heads, 1) == 0, "n_heads", f"{n_heads} does not divide d_model")
-    _require(ffn_dim >= 1, "ffn_dim", f"must be >= 1 (None means d_model // 4), got {ffn_dim}")
-    _require(n_blocks >= 1, "n_blocks", f"must be >= 1, got {n_blocks}")
-    _require(0.0 <= dropout < 1.0, "dropout", f"must be in [0, 1), got {dropout}")
-    _require(score in SCORES, "score", f"must be one of {SCORES}, got {score!r}")
-    _require(scorer in SCORERS, "scorer", f"must be one of {SCORERS}, got {scorer!r}")
-    _require(all(h >= 1 for h in mlp_hidden), "mlp_hidden", f"widths must be >= 1: {mlp_hidden}")
-    _require(n_users >= 0, "n_users", f"must be >= 0 (0 = unknown), got {n_users}")
-    _require(
-        encoder not in NEEDS_USERS or n_users >= 1,
-        "n_users",
-        f"encoder {encoder!r} needs the number of users (meta.json counts.users), got {n_users}",
-    )

@@ -12,14 +12,12 @@ Shape glossary:
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ScoreKind = Literal["dot", "bilinear"]
-SCORES: tuple[str, ...] = get_args(ScoreKind)
+from atrank.model.config import ScoreKind
 
 
 class MultiHeadAttentionBlock(nn.Module):
@@ -43,18 +41,14 @@ class MultiHeadAttentionBlock(nn.Module):
 
     def __init__(
         self,
-        d_model: int = 64,
-        n_heads: int = 4,
-        ffn_dim: int = 16,
+        d_model: int,
+        n_heads: int,
+        ffn_dim: int,
         dropout: float = 0.0,
         score: ScoreKind = "dot",
         eps: float = 1e-8,
     ) -> None:
         super().__init__()
-        if n_heads < 1 or d_model % n_heads != 0:
-            raise ValueError(f"n_heads must divide d_model, got n_heads={n_heads}, d={d_model}")
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.dropout = dropout

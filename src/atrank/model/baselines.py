@@ -28,9 +28,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from atrank.data.batch import Batch
 from atrank.model.encoder import ENCODERS, EncoderFactory, HistoryEncoder
 
-#: Encoders whose factory needs ``EncoderArgs.n_users`` >= 1.
-NEEDS_USERS: frozenset[str] = frozenset({"bpr"})
-
 
 def left_align(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Moves each row's real behaviours to the front, in their order, and zeroes the rest.
@@ -90,10 +87,13 @@ class UserEmbeddingEncoder(HistoryEncoder):
 
     uses_history = False
 
-    def __init__(self, n_users: int, d_model: int = 64) -> None:
+    def __init__(self, n_users: int, d_model: int) -> None:
         super().__init__()
         if n_users < 1:
-            raise ValueError(f"n_users: the bpr encoder needs >= 1 user, got {n_users}")
+            raise ValueError(
+                f"n_users: the bpr encoder needs the number of users (meta.json counts.users) "
+                f">= 1, got {n_users}"
+            )
         self.users = nn.Embedding(n_users, d_model)
 
     def forward(self, x: Tensor, mask: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -112,7 +112,7 @@ class BiLSTMEncoder(HistoryEncoder):
             (``T' = T``), read by the heads' attention (Bi-LSTM + attention baseline).
     """
 
-    def __init__(self, d_model: int = 64, attend: bool = False) -> None:
+    def __init__(self, d_model: int, attend: bool = False) -> None:
         super().__init__()
         self.attend = attend
         self.lstm = nn.LSTM(d_model, d_model, batch_first=True, bidirectional=True)
@@ -150,7 +150,7 @@ class CNNEncoder(HistoryEncoder):
         widths: convolution widths.
     """
 
-    def __init__(self, d_model: int = 64, widths: Sequence[int] = (2, 3, 4)) -> None:
+    def __init__(self, d_model: int, widths: Sequence[int] = (2, 3, 4)) -> None:
         super().__init__()
         if not widths or any(w < 1 for w in widths):
             raise ValueError(f"widths must be >= 1, got {tuple(widths)}")
@@ -176,12 +176,12 @@ class CNNEncoder(HistoryEncoder):
 
 
 BASELINES: dict[str, EncoderFactory] = {
-    "mean": lambda a: MeanPoolEncoder(),
-    "bpr": lambda a: UserEmbeddingEncoder(a.n_users, a.d_model),
-    "bilstm": lambda a: BiLSTMEncoder(a.d_model, attend=False),
-    "bilstm_att": lambda a: BiLSTMEncoder(a.d_model, attend=True),
-    "cnn": lambda a: CNNEncoder(a.d_model),
-    "din": lambda a: IdentityEncoder(),
+    "mean": lambda c, s: MeanPoolEncoder(),
+    "bpr": lambda c, s: UserEmbeddingEncoder(s.n_users, c.d_model),
+    "bilstm": lambda c, s: BiLSTMEncoder(c.d_model, attend=False),
+    "bilstm_att": lambda c, s: BiLSTMEncoder(c.d_model, attend=True),
+    "cnn": lambda c, s: CNNEncoder(c.d_model),
+    "din": lambda c, s: IdentityEncoder(),
 }
 
 
@@ -196,7 +196,6 @@ _register(BASELINES)
 
 __all__ = [
     "BASELINES",
-    "NEEDS_USERS",
     "BiLSTMEncoder",
     "CNNEncoder",
     "IdentityEncoder",

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from atrank.data.batch import Batch
+from atrank.model.config import DataShape
 from data_prep.contract import PAD_INDEX
 
 
@@ -27,41 +28,27 @@ class BehaviourEmbedding(nn.Module):
     field is its id field (the key of the task heads' bias tables).
 
     Args:
-        vocab_sizes: rows of each field's table, ``field -> size`` (index 0 is padding).
-        group_fields: ``group -> fields of its objects``; the group index used by
-            ``Batch.hist_group`` and ``Batch.target_group`` is the position in this dict.
-        n_actions: rows of the action table (index 0 is padding).
-        n_time_buckets: number of time-gap buckets; the table has one more row because
-            ``Batch.hist_time`` is ``bucket + 1`` with 0 for padding.
+        shape: the data's vocabulary sizes (index 0 is padding), groups (the group index
+            used by ``Batch.hist_group`` and ``Batch.target_group`` is the position in
+            ``shape.group_fields``), actions (index 0 is padding) and time buckets (the table
+            has one more row because ``Batch.hist_time`` is ``bucket + 1`` with 0 for padding).
         field_dim: width ``e`` of each field, action and time embedding.
         d_model: shared hidden size ``d``.
     """
 
-    def __init__(
-        self,
-        vocab_sizes: dict[str, int],
-        group_fields: dict[str, tuple[str, ...]],
-        n_actions: int,
-        n_time_buckets: int,
-        field_dim: int = 32,
-        d_model: int = 64,
-    ) -> None:
+    def __init__(self, shape: DataShape, field_dim: int, d_model: int) -> None:
         super().__init__()
-        if not group_fields or any(len(fs) == 0 for fs in group_fields.values()):
-            raise ValueError(f"group_fields needs >= 1 group with >= 1 field, got {group_fields}")
-        missing = sorted({f for fs in group_fields.values() for f in fs} - set(vocab_sizes))
-        if missing:
-            raise ValueError(f"vocab_sizes lacks fields used by group_fields: {missing}")
-        self.group_fields = {g: tuple(fs) for g, fs in group_fields.items()}
-        self.groups: tuple[str, ...] = tuple(group_fields)
+        vocab_sizes = shape.vocab_sizes
+        self.group_fields = {g: tuple(fs) for g, fs in shape.group_fields.items()}
+        self.groups: tuple[str, ...] = tuple(self.group_fields)
         self.field_dim = field_dim
         self.d_model = d_model
         used = dict.fromkeys(f for fs in self.group_fields.values() for f in fs)  # ordered set
         self.fields = nn.ModuleDict(
             {f: nn.Embedding(vocab_sizes[f], field_dim, padding_idx=PAD_INDEX) for f in used}
         )
-        self.action = nn.Embedding(n_actions, field_dim, padding_idx=PAD_INDEX)
-        self.time = nn.Embedding(n_time_buckets + 1, field_dim, padding_idx=PAD_INDEX)
+        self.action = nn.Embedding(shape.n_actions, field_dim, padding_idx=PAD_INDEX)
+        self.time = nn.Embedding(shape.n_time_buckets + 1, field_dim, padding_idx=PAD_INDEX)
         self.proj = nn.ModuleDict(
             {
                 g: nn.Linear((len(fs) + 2) * field_dim, d_model)

@@ -10,12 +10,12 @@ Shape glossary:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from atrank.data.batch import Batch
-from atrank.model.attention import MultiHeadAttentionBlock, ScoreKind
+from atrank.model.attention import MultiHeadAttentionBlock
+from atrank.model.config import DataShape, ModelConfig, ScoreKind
 
 
 class HistoryEncoder(nn.Module):
@@ -63,9 +63,9 @@ class ATRankEncoder(HistoryEncoder):
 
     def __init__(
         self,
-        d_model: int = 64,
-        n_heads: int = 4,
-        ffn_dim: int = 16,
+        d_model: int,
+        n_heads: int,
+        ffn_dim: int,
         n_blocks: int = 1,
         dropout: float = 0.0,
         score: ScoreKind = "dot",
@@ -94,30 +94,20 @@ class NoHistoryEncoder(HistoryEncoder):
         return x[:, :0], mask[:, :0]
 
 
-@dataclass(frozen=True)
-class EncoderArgs:
-    """The arguments every encoder factory receives (each uses what it needs).
+#: Builds an encoder from the model's configuration and the data's shape (each encoder
+#: reads what it needs, e.g. ``bpr`` the number of users).
+EncoderFactory = Callable[[ModelConfig, DataShape], HistoryEncoder]
 
-    Attributes:
-        n_users: rows of the user table (``bpr``); 0 when unknown.
-    """
-
-    d_model: int
-    n_heads: int
-    ffn_dim: int
-    n_blocks: int
-    dropout: float
-    score: ScoreKind
-    n_users: int = 0
-
-
-EncoderFactory = Callable[[EncoderArgs], HistoryEncoder]
-
-#: Encoders by name, as ``build_model(encoder=...)`` takes them; a baseline adds one entry
+#: Encoders by name, as ``ModelConfig.encoder`` names them; a baseline adds one entry
 #: (the paper's baselines register themselves in :mod:`atrank.model.baselines`).
 ENCODERS: dict[str, EncoderFactory] = {
-    "atrank": lambda a: ATRankEncoder(
-        a.d_model, a.n_heads, a.ffn_dim, a.n_blocks, a.dropout, a.score
+    "atrank": lambda c, s: ATRankEncoder(
+        c.d_model,
+        c.n_heads,
+        c.ffn,
+        c.n_blocks,
+        c.dropout,
+        c.score,  # type: ignore[arg-type]
     ),
-    "none": lambda a: NoHistoryEncoder(),
+    "none": lambda c, s: NoHistoryEncoder(),
 }

@@ -9,15 +9,12 @@ Shape glossary:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from atrank.model.attention import MultiHeadAttentionBlock, ScoreKind
-
-ScorerKind = Literal["dot", "mlp"]
-SCORERS: tuple[str, ...] = get_args(ScorerKind)
+from atrank.model.attention import MultiHeadAttentionBlock
+from atrank.model.config import ScoreKind, ScorerKind
 
 
 class TaskHead(nn.Module):
@@ -41,18 +38,16 @@ class TaskHead(nn.Module):
 
     def __init__(
         self,
-        d_model: int = 64,
-        n_heads: int = 4,
-        ffn_dim: int = 16,
-        n_targets: int = 2,
+        d_model: int,
+        n_heads: int,
+        ffn_dim: int,
+        n_targets: int,
         dropout: float = 0.0,
         score: ScoreKind = "dot",
         scorer: ScorerKind = "dot",
-        mlp_hidden: Sequence[int] = (64,),
+        mlp_hidden: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        if scorer not in SCORERS:
-            raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
         self.attention = MultiHeadAttentionBlock(d_model, n_heads, ffn_dim, dropout, score)
         # The bias table starts at zero (set by ATRankModel._init_weights).
         self.bias = nn.Embedding(n_targets, 1) if scorer == "dot" else None
@@ -83,8 +78,6 @@ class TaskHead(nn.Module):
 
 
 def _mlp(d_in: int, hidden: Sequence[int]) -> nn.Sequential:
-    if any(h < 1 for h in hidden):
-        raise ValueError(f"mlp_hidden widths must be >= 1, got {tuple(hidden)}")
     layers: list[nn.Module] = []
     for h in hidden:
         layers += [nn.Linear(d_in, h), nn.ReLU()]

@@ -9,12 +9,12 @@ Shape glossary: N samples accumulated.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torchmetrics import Metric
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
@@ -125,8 +125,9 @@ class LogLoss(Metric):
         )
         self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, logits: Tensor, target: Tensor) -> None:  # type: ignore[override]
-        loss = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="sum")
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        """``preds``: ``(N,)`` logits; ``target``: ``(N,)`` 0/1 labels."""
+        loss = F.binary_cross_entropy_with_logits(preds.float(), target.float(), reduction="sum")
         self.total += loss.double()
         self.count += target.numel()
 
@@ -134,49 +135,39 @@ class LogLoss(Metric):
         return (self.total / self.count.clamp(min=1)).float()
 
 
-class TaskMetrics(nn.Module):
-    """AUC, GAUC, pair AUC and log loss of one task, on rows where the task's label exists."""
+class LogitAUROC(BinaryAUROC):
+    """ROC AUC of logits: the sigmoid is applied to every batch (torchmetrics would apply it
+    only to batches with a value outside ``[0, 1]``)."""
 
-    NAMES = METRIC_NAMES
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        super().update(torch.sigmoid(preds.float()), target)
 
-    def __init__(self, names: Sequence[str] = NAMES) -> None:
-        """``names``: the metrics to compute, a subset of :attr:`NAMES` that holds ``auc``
-        (model selection reads it)."""
-        super().__init__()
-        unknown = sorted(set(names) - set(self.NAMES))
-        if unknown or "auc" not in names:
-            raise ValueError(
-                f"metrics must be a subset of {list(self.NAMES)} including 'auc', got {list(names)}"
-            )
-        self.names = tuple(n for n in self.NAMES if n in names)
-        self.auc = BinaryAUROC()
-        self.gauc = GroupAUC() if "gauc" in names else None
-        self.pair_auc = GroupAUC(tie=0.0, weighting="equal") if "pair_auc" in names else None
-        self.logloss = LogLoss() if "logloss" in names else None
 
-    def update(self, logits: Tensor, labels: Tensor, mask: Tensor, users: Tensor) -> None:
-        """Adds a batch.
+#: How each metric name is computed (all take logits).
+_FACTORIES: dict[str, Callable[[], Metric]] = {
+    "auc": LogitAUROC,
+    "gauc": GroupAUC,
+    "pair_auc": lambda: GroupAUC(tie=0.0, weighting="equal"),
+    "logloss": LogLoss,
+}
 
-        Args:
-            logits: ``(B,)``.
-            labels: ``(B,)`` 0/1.
-            mask: ``(B,)`` bool, rows to count.
-            users: ``(B,)`` user ids.
-        """
-        logits, labels, users = logits[mask].float(), labels[mask].long(), users[mask]
-        self.auc.update(torch.sigmoid(logits), labels)
-        if self.gauc is not None:
-            self.gauc.update(logits, labels, users)
-        if self.pair_auc is not None:
-            self.pair_auc.update(logits, labels, users)
-        if self.logloss is not None:
-            self.logloss.update(logits, labels)
 
-    def compute(self) -> dict[str, Tensor]:
-        """Returns ``{name: value}`` for the configured metrics (``auc``, ``gauc``, ...)."""
-        return {name: getattr(self, name).compute() for name in self.names}
+def task_metrics(names: Sequence[str] = METRIC_NAMES, prefix: str = "") -> MetricCollection:
+    """The evaluation metrics of one task, as one collection.
 
-    def reset(self) -> None:
-        """Clears the accumulated state."""
-        for name in self.names:
-            getattr(self, name).reset()
+    Update it with ``preds`` (logits ``(N,)``), ``target`` (0/1 ``(N,)``) and ``groups``
+    (user ids ``(N,)``) of the task's labelled rows; each metric takes the arguments it needs.
+
+    Args:
+        names: metric names, in :data:`atrank.config.METRIC_NAMES` (checked by the task's
+            config); computed in that order.
+        prefix: key prefix of the computed values, e.g. ``"val/click/"``.
+
+    Returns:
+        The collection; ``compute()`` gives ``{prefix + name: value}``.
+    """
+    ordered = [n for n in METRIC_NAMES if n in names]
+    # No compute groups: the metrics' inputs differ (probabilities, logits, groups).
+    return MetricCollection(
+        {n: _FACTORIES[n]() for n in ordered}, prefix=prefix, compute_groups=False
+    )

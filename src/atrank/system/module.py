@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
 
+from atrank.config import LossWeighting, TaskSpec
 from atrank.data.batch import Batch
 from atrank.model.loss import multitask_loss
-from atrank.system.metrics import TaskMetrics
+from atrank.system.metrics import task_metrics
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -28,64 +30,58 @@ warnings.filterwarnings("ignore", message=r".*sync_dist=True.* when logging on e
 class ATRankSystem(L.LightningModule):
     """Multi-task training of one shared-encoder model.
 
-    Logs ``train/loss``, ``train/<task>/loss`` and, per evaluation stage, ``<stage>/<task>/auc``,
-    ``<stage>/<task>/gauc``, ``<stage>/<task>/logloss`` plus ``<stage>/monitor``: the
-    weighted mean of the tasks' AUCs used for checkpointing and early stopping.
+    Logs ``train/loss``, ``train/<task>/loss`` and, per evaluation stage, the task's configured
+    metrics as ``<stage>/<task>/<metric>`` (``auc``, ``gauc``, ``pair_auc``, ``logloss``) plus
+    ``<stage>/monitor``: the weighted mean of the tasks' AUCs used for checkpointing and
+    early stopping.
 
     Args:
         model: the plain ``nn.Module``; ``model(batch).logits`` maps task name to ``(B,)``.
-        task_weights: loss weight per task name (the tasks trained and scored).
+        tasks: the tasks trained and scored, by name: each one's loss weight, monitor weight
+            and metrics (:class:`atrank.config.TaskSpec`).
         optimizer: factory completing a partially configured optimizer with the parameters.
         scheduler: optional factory taking the optimizer, returning an LR scheduler.
         l2_weight: weight of the L2 penalty on the user vector and the target vector.
-        monitor_weights: weight per task in ``<stage>/monitor`` (default: equal).
-        run_config: the resolved run config, kept in checkpoints so ``atrank-eval`` can rebuild
-            the model without the original command line.
-        data_dir: the prepared data trained on (kept in checkpoints likewise).
         loss_weighting: ``"fixed"`` (the task weights) or ``"uncertainty"`` (learned per-task
             weights, Kendall et al. 2018, on top of the fixed ones); logged as
             ``train/<task>/log_var``.
+        run_config: the resolved run config, kept in checkpoints so ``atrank-eval`` can rebuild
+            the model without the original command line.
+        data_dir: the prepared data trained on (kept in checkpoints likewise).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        task_weights: dict[str, float],
+        tasks: Mapping[str, TaskSpec],
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         l2_weight: float = 0.0,
-        monitor_weights: dict[str, float] | None = None,
+        loss_weighting: str = "fixed",
         run_config: dict[str, Any] | None = None,
         data_dir: str | None = None,
-        loss_weighting: str = "fixed",
-        task_metrics: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
-        if not task_weights:
+        if not tasks:
             raise ValueError("no task to train: give at least one with task=[...]")
-        for task, w in task_weights.items():
-            if w < 0:
-                raise ValueError(f"task.{task}.weight must be >= 0, got {w}")
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        weighting = LossWeighting(loss_weighting)
+        # Plain values only in checkpoints: the tasks are rebuilt from run_config.
+        self.save_hyperparameters(ignore=["model", "tasks", "optimizer", "scheduler"])
         self.model = model
-        self.task_weights = dict(task_weights)
+        self.tasks = dict(tasks)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.l2_weight = l2_weight
-        self.monitor_weights = dict(monitor_weights or {t: 1.0 for t in task_weights})
-        if loss_weighting not in ("fixed", "uncertainty"):
-            raise ValueError(
-                f"loss_weighting must be 'fixed' or 'uncertainty', got {loss_weighting!r}"
-            )
         self.log_vars = (
-            nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in task_weights})
-            if loss_weighting == "uncertainty"
+            nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in tasks})
+            if weighting is LossWeighting.uncertainty
             else None
         )
-        names = {t: (task_metrics or {}).get(t) or TaskMetrics.NAMES for t in task_weights}
         self.metrics = nn.ModuleDict(
             {
-                s: nn.ModuleDict({t: TaskMetrics(names[t]) for t in task_weights})
+                s: nn.ModuleDict(
+                    {n: task_metrics(t.metrics, prefix=f"{s}/{n}/") for n, t in tasks.items()}
+                )
                 for s in EVAL_STAGES
             }
         )
@@ -101,7 +97,7 @@ class ATRankSystem(L.LightningModule):
             out.logits,
             batch.labels,
             batch.label_mask,
-            self.task_weights,
+            {n: t.weight for n, t in self.tasks.items()},
             out.l2,
             self.l2_weight,
             log_vars,
@@ -114,15 +110,17 @@ class ATRankSystem(L.LightningModule):
                 self.log(f"train/{task}/log_var", log_vars[task], batch_size=bs)
         return total
 
-    def _stage_metrics(self, stage: str) -> dict[str, TaskMetrics]:
+    def _stage_metrics(self, stage: str) -> dict[str, MetricCollection]:
         return dict(self.metrics[stage].items())  # type: ignore[operator]
 
     def _eval_step(self, stage: str, batch: Batch) -> None:
         out = self.model(batch)
-        metrics = self._stage_metrics(stage)
-        for task in self.task_weights:
-            metrics[task].update(
-                out.logits[task], batch.labels[task], batch.label_mask[task], batch.user
+        for task, metrics in self._stage_metrics(stage).items():
+            mask = batch.label_mask[task]
+            metrics.update(
+                preds=out.logits[task][mask].float(),
+                target=batch.labels[task][mask].long(),
+                groups=batch.user[mask],
             )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -133,13 +131,13 @@ class ATRankSystem(L.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         weighted, total_w = 0.0, 0.0
-        for task, m in self._stage_metrics(stage).items():
-            values = m.compute()  # gathered over all processes by torchmetrics
-            m.reset()
-            for name, v in values.items():
-                self.log(f"{stage}/{task}/{name}", v, sync_dist=False, rank_zero_only=False)
-            w = self.monitor_weights.get(task, 0.0)
-            weighted += w * float(values["auc"])
+        for task, metrics in self._stage_metrics(stage).items():
+            values = metrics.compute()  # gathered over all processes by torchmetrics
+            metrics.reset()
+            for key, v in values.items():
+                self.log(key, v, sync_dist=False, rank_zero_only=False)
+            w = self.tasks[task].monitor_weight
+            weighted += w * float(values[f"{stage}/{task}/auc"])
             total_w += w
         monitor = weighted / total_w if total_w > 0 else float("nan")
         self.log(f"{stage}/monitor", monitor, prog_bar=stage == "val")

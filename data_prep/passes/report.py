@@ -10,8 +10,9 @@ from typing import Any
 import polars as pl
 
 from data_prep import contract as c
-from data_prep.split import SPLIT, Cut, TimeCut, period_expr, user_bounds, with_bounds
-from data_prep.validate import TableInfo
+from data_prep.meta import TaskInfo
+from data_prep.passes.split import SPLIT, Cut, TimeCut, period_expr, user_bounds, with_bounds
+from data_prep.passes.validate import TableInfo
 
 _PERIOD = "__period"
 
@@ -70,7 +71,7 @@ def split_counts(samples: pl.DataFrame, tasks: tuple[str, ...]) -> dict[str, Any
     return out
 
 
-def task_meta(samples: pl.DataFrame, info: TableInfo) -> dict[str, Any]:
+def task_meta(samples: pl.DataFrame, info: TableInfo) -> dict[str, TaskInfo]:
     """The ``tasks`` section of ``meta.json``.
 
     Args:
@@ -78,21 +79,21 @@ def task_meta(samples: pl.DataFrame, info: TableInfo) -> dict[str, Any]:
         info: the samples table's schema info.
 
     Returns:
-        ``{task: {"target_groups", "has_prob", "label_col", "prob_col"}}``; target groups
-        are those whose samples carry at least one label of the task, in contract order.
+        Task -> :class:`~data_prep.meta.TaskInfo`; target groups are those whose samples
+        carry at least one label of the task, in contract order.
     """
     aggs = [pl.col(c.label_col(t)).is_not_null().any().alias(t) for t in info.tasks]
     per_group = samples.group_by(c.GROUP_IDX).agg(aggs).sort(c.GROUP_IDX)
-    out: dict[str, Any] = {}
+    out: dict[str, TaskInfo] = {}
     for t in info.tasks:
         idx = per_group.filter(pl.col(t))[c.GROUP_IDX].to_list()
         has_prob = t in info.prob_tasks
-        out[t] = {
-            "target_groups": [c.GROUPS[i] for i in sorted(idx)],
-            "has_prob": has_prob,
-            "label_col": c.label_col(t),
-            "prob_col": c.prob_col(t) if has_prob else None,
-        }
+        out[t] = TaskInfo(
+            target_groups=tuple(c.GROUPS[i] for i in sorted(idx)),
+            has_prob=has_prob,
+            label_col=c.label_col(t),
+            prob_col=c.prob_col(t) if has_prob else None,
+        )
     return out
 
 

@@ -8,14 +8,14 @@ Mapping: group ``item``; behaviours ``pv``, ``cart``, ``fav``, ``buy`` become ac
 ``click``, ``cart``, ``fav``, ``purchase``; ``item_id``, ``category_id`` as given; no brand,
 shop or coupon. ``ts`` = the unix seconds of the line.
 
-Policy (see :mod:`data_prep.adapters.base`):
+Policy (see :mod:`data_prep.sources.base`):
 
 * structural: a missing file, or a folder without CSV files -> :class:`AdapterError`;
 * row-level, each counted under its reason with ``on_error="skip"``, else raised with the
   file and line: ``malformed_line`` (not exactly five fields), ``missing_id`` (empty user
   or item), ``unknown_behavior`` (not one of the four codes), ``bad_timestamp`` (not an
   integer, or outside ``[ts_min, ts_max)``; default: 1990-01-01 to 2040-01-01, see
-  :data:`~data_prep.adapters.base.TS_MIN`). The full public log has a few events outside its
+  :data:`~data_prep.sources.base.TS_MIN`). The full public log has a few events outside its
   nine days (Nov 25 to Dec 3, 2017) that still pass this range: narrow it with ``ts_min``/
   ``ts_max`` to drop them (counted as ``bad_timestamp`` with ``on_error="skip"``).
 * blank lines are dropped and counted as ``blank_line`` in both modes.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
-from data_prep.adapters.base import (
+from data_prep.sources.base import (
     TEXT,
     TS_MAX,
     TS_MIN,

@@ -1,4 +1,5 @@
-"""What every real-data adapter shares: the result type, the error type and the row checks.
+"""What every source shares: the result type; what the real-data adapters share: the error
+type and the row checks.
 
 An adapter reads one original file format and maps it into the canonical tables of
 :mod:`data_prep.contract`. The error policy is the same everywhere:
@@ -22,12 +23,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 
-from data_prep import contract as C
 from data_prep.errors import PrepError
+from data_prep.schema import EVENT_SCHEMA
 
 OnError = Literal["raise", "skip"]
 ON_ERROR_VALUES: tuple[str, ...] = ("raise", "skip")
@@ -52,14 +53,17 @@ class AdapterError(PrepError):
 
 @dataclass
 class AdapterResult:
-    """Canonical tables read from one source, with what was skipped and why.
+    """Canonical tables read from one source (an adapter or the simulator), with what was
+    skipped and why.
 
     Attributes:
-        events: canonical events, exactly ``contract.EVENT_SCHEMA`` columns and dtypes.
+        events: canonical events, exactly ``schema.EVENT_SCHEMA`` columns and dtypes.
         samples: canonical samples when the format has labels of its own, else None.
         skipped: rows dropped by documented policy, by reason.
         notes: facts for the preparation report.
         inputs: the files read (for the preparation fingerprint).
+        details: more facts for ``meta.json``'s ``source`` (the simulator: its whole config
+            and raw folder).
     """
 
     events: pl.LazyFrame
@@ -67,6 +71,7 @@ class AdapterResult:
     skipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     inputs: list[Path] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,16 +241,16 @@ def to_events(frame: pl.LazyFrame, **cols: pl.Expr) -> pl.LazyFrame:
         **cols: expression per canonical column; the id fields not given are null.
 
     Returns:
-        A frame with exactly ``contract.EVENT_SCHEMA``.
+        A frame with exactly ``schema.EVENT_SCHEMA``.
     """
-    unknown = set(cols) - set(C.EVENT_SCHEMA)
+    unknown = set(cols) - set(EVENT_SCHEMA)
     if unknown:
         raise ValueError(f"not event columns: {sorted(unknown)}")
     return frame.select(
-        cols.get(name, null_str()).cast(dtype).alias(name) for name, dtype in C.EVENT_SCHEMA.items()
+        cols.get(name, null_str()).cast(dtype).alias(name) for name, dtype in EVENT_SCHEMA.items()
     )
 
 
 def empty_events() -> pl.LazyFrame:
     """An empty frame with the canonical event schema."""
-    return pl.LazyFrame(schema=C.EVENT_SCHEMA)
+    return pl.LazyFrame(schema=EVENT_SCHEMA)

@@ -25,10 +25,10 @@ Times: none in this format. ``ts`` = the position in the user's sequence (0, 1, 
 order is kept and every history is strictly earlier; a note says that time-gap buckets then
 carry no information (all gaps are under a day).
 
-Events: group ``item``, action ``review`` (as :mod:`~data_prep.adapters.amazon_reviews`: a
+Events: group ``item``, action ``review`` (as :mod:`~data_prep.sources.amazon_reviews`: a
 review in a 5-core set stands for a purchase).
 
-Policy (see :mod:`data_prep.adapters.base`): a missing file, a folder without one ``*.txt``,
+Policy (see :mod:`data_prep.sources.base`): a missing file, a folder without one ``*.txt``,
 or an attribute file that is not a JSON object of lists -> :class:`AdapterError`. A line
 with a user but no item is ``malformed_line`` (raised with file and line, or counted with
 ``on_error="skip"``); blank lines are dropped and counted as ``blank_line``. Items without
@@ -44,7 +44,7 @@ from typing import Literal
 
 import polars as pl
 
-from data_prep.adapters.base import (
+from data_prep.sources.base import (
     LINE,
     TEXT,
     AdapterError,

@@ -103,7 +103,7 @@ def inspect_table(lf: pl.LazyFrame, name: str, given_split: bool = False) -> Tab
         The table's :class:`TableInfo`.
     """
     schema = read_schema(lf, name)
-    required = c.EVENT_SCHEMA if name == EVENTS else c.SAMPLE_BASE_SCHEMA
+    required = c.EVENT_DTYPES if name == EVENTS else c.SAMPLE_BASE_DTYPES
     for col in required:
         if col not in schema:
             raise PrepError(

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from data_prep.adapters.base import LINE, TEXT, scan_text_lines
+from data_prep.sources.base import LINE, TEXT, scan_text_lines
 
 BAD = "_bad"  # why a line could not be read (String), null when it could
 BLANK = "_blank"  # Boolean: the line is empty

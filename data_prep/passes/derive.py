@@ -10,7 +10,7 @@ A derived task says which behaviour makes a positive and where its negatives com
   samples; rows of other groups get null (the task does not apply to them).
 * ``negatives: sampled`` (positive-only logs under ``protocol=next_item``): the task is one
   more next-item task whose positives are those actions, each against sampled negatives
-  (:func:`data_prep.protocol.next_item_samples`).
+  (:func:`data_prep.sources.protocol.next_item_samples`).
 * ``negatives: null``: whatever the data's protocol gives.
 
 The label is computed from events strictly after nothing the model sees: histories hold
@@ -19,7 +19,8 @@ events before ``ts`` only, and the positive is searched from ``ts`` on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import polars as pl
@@ -32,54 +33,74 @@ NEGATIVES: tuple[str, ...] = ("impressions", "sampled")
 GROUP_KEY: dict[str, str] = {g: fields[0] for g, fields in c.GROUP_FIELDS.items()}
 
 
-@dataclass(frozen=True)
+@dataclass
 class DerivedTask:
-    """One derived task.
+    """One derived task; checks its own fields (a :class:`PrepError` naming the field).
 
     Attributes:
-        actions: behaviours that make a positive (e.g. ``["cart"]``).
-        target: the target group scored (``item`` or ``coupon``).
+        actions: behaviours that make a positive (e.g. ``["cart"]``; one string is one
+            behaviour).
+        target: the target group scored (``item`` or ``coupon``, see ``contract.GROUPS``).
         negatives: ``impressions``, ``sampled`` or None (the data's protocol decides).
         horizon: seconds after an impression in which a behaviour counts (impressions only).
     """
 
-    actions: tuple[str, ...]
+    actions: list[str]
     target: str = "item"
     negatives: str | None = None
     horizon: int = 3600
 
+    def __post_init__(self) -> None:
+        """Raises a :class:`PrepError` whose message starts with the first invalid field."""
+        actions: object = [self.actions] if isinstance(self.actions, str) else self.actions
+        if not (
+            isinstance(actions, (list, tuple))
+            and actions
+            and all(isinstance(a, str) and a for a in actions)
+        ):
+            raise PrepError(f"actions: expected a non-empty list of behaviours, got {actions!r}")
+        self.actions = list(actions)  # (a tuple, e.g. from code, becomes a list too)
+        if self.target not in c.GROUPS:
+            raise PrepError(f"target: unknown target {self.target!r}; known: {list(c.GROUPS)}")
+        if self.negatives is not None and self.negatives not in NEGATIVES:
+            raise PrepError(
+                f"negatives: must be one of {list(NEGATIVES)} or null, got {self.negatives!r}"
+            )
+        h = self.horizon
+        if not isinstance(h, int) or isinstance(h, bool) or h <= 0:
+            raise PrepError(f"horizon: expected a positive number of seconds, got {h!r}")
 
-def derived_tasks(spec: dict[str, Any] | None) -> dict[str, DerivedTask]:
-    """Checks a ``derive`` config (``{task: {actions, target, negatives, horizon}}``)."""
+
+def derived_tasks(spec: Mapping[str, Any] | None) -> dict[str, DerivedTask]:
+    """Builds the derived tasks of a ``derive`` config (``{task: {actions, target, ...}}``).
+
+    Args:
+        spec: task name -> the :class:`DerivedTask` fields as a mapping (e.g. YAML).
+
+    Returns:
+        Task name -> :class:`DerivedTask`.
+
+    Raises:
+        PrepError: naming ``derive.<task>`` and the key (unknown, or the task's own check).
+    """
+    keys = {f.name for f in fields(DerivedTask)}
     out: dict[str, DerivedTask] = {}
     for name, d in (spec or {}).items():
         key = f"derive.{name}"
-        if not isinstance(d, dict):
+        if not isinstance(d, Mapping):
             raise PrepError(f"{key}: expected {{actions: [...], target: ...}}, got {d!r}")
-        unknown = sorted(set(d) - {"actions", "target", "negatives", "horizon"})
+        unknown = sorted(set(d) - keys)
         if unknown:
             raise PrepError(f"{key}: unknown key(s) {unknown}")
-        actions = d.get("actions")
-        if isinstance(actions, str):
-            actions = [actions]
-        if not actions or not all(isinstance(a, str) and a for a in actions):
-            raise PrepError(f"{key}.actions: expected a list of behaviours, got {actions!r}")
-        target = d.get("target", DerivedTask.target)
-        if target not in c.GROUP_FIELDS:
-            raise PrepError(f"{key}.target: unknown target {target!r}; known: {list(c.GROUPS)}")
-        negatives = d.get("negatives")
-        if negatives is not None and negatives not in NEGATIVES:
-            raise PrepError(
-                f"{key}.negatives: must be one of {list(NEGATIVES)} or null, got {negatives!r}"
-            )
-        horizon = d.get("horizon", DerivedTask.horizon)
-        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon <= 0:
-            raise PrepError(f"{key}.horizon: expected a positive number of seconds, got {horizon}")
-        out[str(name)] = DerivedTask(tuple(actions), target, negatives, horizon)
+        try:
+            # (missing actions: None, so that the task's own check names the key)
+            out[str(name)] = DerivedTask(**{"actions": None, **d})
+        except PrepError as e:
+            raise PrepError(f"{key}.{e}") from None
     return out
 
 
-def check_negatives(tasks: dict[str, DerivedTask], protocol_gives: str, dataset: str) -> None:
+def check_negatives(tasks: Mapping[str, DerivedTask], protocol_gives: str, dataset: str) -> None:
     """Each task's ``negatives`` must be what the dataset's protocol gives."""
     for name, t in tasks.items():
         if t.negatives is not None and t.negatives != protocol_gives:
@@ -94,7 +115,7 @@ def check_negatives(tasks: dict[str, DerivedTask], protocol_gives: str, dataset:
 
 
 def add_derived_labels(
-    events: pl.LazyFrame, samples: pl.LazyFrame, tasks: dict[str, DerivedTask], dataset: str
+    events: pl.LazyFrame, samples: pl.LazyFrame, tasks: Mapping[str, DerivedTask], dataset: str
 ) -> pl.LazyFrame:
     """Adds ``label_<task>`` for each impression-derived task to the canonical samples.
 

@@ -34,6 +34,7 @@ import polars as pl
 
 from data_prep import contract as c
 from data_prep.errors import PrepError
+from data_prep.schema import SAMPLE_BASE_SCHEMA
 
 _ORD, _ICODE, _UCODE, _K, _N = "__ord", "__icode", "__ucode", "__k", "__n"
 _PAIR, _NEG = "__pair", "__neg"
@@ -103,7 +104,7 @@ def _rows(
     ]
     base = [
         pl.col(col).cast(dtype) if col in frame.columns else pl.lit(None, dtype).alias(col)
-        for col, dtype in c.SAMPLE_BASE_SCHEMA.items()
+        for col, dtype in SAMPLE_BASE_SCHEMA.items()
     ]
     return frame.select(*base, *labels, split.cast(pl.Int8).alias(c.SPLIT_COL))
 
@@ -114,7 +115,7 @@ def next_item_samples(
     """Builds the protocol's samples (with their split) from canonical events.
 
     Args:
-        events: canonical events (``contract.EVENT_SCHEMA``), in input order.
+        events: canonical events (``schema.EVENT_SCHEMA``), in input order.
         tasks: task name -> the actions that are its positives.
         negatives: sampled negatives per positive (>= 1).
         seed: seed of the negative sampling.

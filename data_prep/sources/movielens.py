@@ -16,13 +16,13 @@ ratings >= :data:`HIGH_RATING` (4 of 5) and ``rate_low`` below; ``item_id`` as g
 Movie files of the original sets are Latin-1: they are decoded as UTF-8 when valid, else
 Latin-1 (only ids and genres are used).
 
-Policy (see :mod:`data_prep.adapters.base`): no rating file, two layouts in one folder, or a
+Policy (see :mod:`data_prep.sources.base`): no rating file, two layouts in one folder, or a
 RecBole header without ``user_id``/``item_id``/``rating``/``timestamp`` ->
 :class:`AdapterError`. A missing movie file gives null categories and a note. Row-level
 problems in the rating file, raised with file and line or counted with ``on_error="skip"``:
 ``malformed_line`` (wrong field count), ``missing_id``, ``bad_rating`` (not a number),
 ``bad_timestamp`` (not integral unix seconds in the sane range of
-:data:`~data_prep.adapters.base.TS_MIN`). In the movie file, a wrong field count or an empty
+:data:`~data_prep.sources.base.TS_MIN`). In the movie file, a wrong field count or an empty
 id is ``meta_malformed_line``, a repeated id ``meta_duplicate_id`` (first kept).
 """
 
@@ -34,7 +34,7 @@ from typing import Literal
 
 import polars as pl
 
-from data_prep.adapters.base import (
+from data_prep.sources.base import (
     LINE,
     TEXT,
     AdapterError,

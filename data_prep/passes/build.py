@@ -18,8 +18,8 @@ from typing import Any
 import polars as pl
 
 from data_prep import contract as c
-from data_prep.history import TIMELINE_COLUMNS, attach_history, sort_timeline, user_offsets
-from data_prep.split import (
+from data_prep.passes.history import TIMELINE_COLUMNS, attach_history, sort_timeline, user_offsets
+from data_prep.passes.split import (
     Cut,
     cut_exprs,
     given_exprs,
@@ -27,7 +27,7 @@ from data_prep.split import (
     train_events,
     train_samples,
 )
-from data_prep.validate import (
+from data_prep.passes.validate import (
     EVENTS,
     SAMPLES,
     TableInfo,
@@ -41,7 +41,7 @@ from data_prep.validate import (
     raise_bad_row,
     row_check_exprs,
 )
-from data_prep.vocab import (
+from data_prep.passes.vocab import (
     ACTION_VOCAB,
     INDEX,
     action_names,

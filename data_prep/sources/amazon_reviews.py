@@ -5,7 +5,7 @@ Format (McAuley's Amazon product data, e.g. ``reviews_Electronics_5.json.gz`` an
 ``reviewerID``, ``asin`` and ``unixReviewTime`` (other fields ignored); the metadata file has
 one object per line with ``asin``, ``categories`` (a list of category paths) and ``brand``.
 The old metadata dumps are Python literals (``{'asin': ...}``, single quotes): those lines are
-read with ``ast.literal_eval``, never ``eval`` (see :mod:`~data_prep.adapters.jsonlines`).
+read with ``ast.literal_eval``, never ``eval`` (see :mod:`~data_prep.sources.jsonlines`).
 
 ``path`` is a folder holding both (the metadata file's name starts with ``meta``, the reviews
 file is the other ``*.json``/``*.json.gz``), or give ``reviews=`` and ``meta=`` directly.
@@ -16,7 +16,7 @@ Mapping: group ``item``, action ``review`` (a purchase-like positive); ``user_id
 LAST element of the LAST category path (as the ATRank/DIN preprocessing), ``brand_id`` =
 ``brand`` (empty -> null); items absent from the metadata keep null category and brand.
 
-Policy (see :mod:`data_prep.adapters.base`): a missing file, or a folder without exactly one
+Policy (see :mod:`data_prep.sources.base`): a missing file, or a folder without exactly one
 reviews file -> :class:`AdapterError`. Row-level problems, raised with file and line or
 counted with ``on_error="skip"``: in reviews ``malformed_line`` (not a JSON object, or a
 field of the wrong type), ``missing_id`` (no ``reviewerID``/``asin``), ``bad_timestamp``;
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import polars as pl
 
-from data_prep.adapters.base import (
+from data_prep.sources.base import (
     BLANK_LINE,
     AdapterError,
     AdapterResult,
@@ -46,7 +46,7 @@ from data_prep.adapters.base import (
     to_events,
     ts_check,
 )
-from data_prep.adapters.jsonlines import BAD, BLANK, NESTED_STRINGS, read_json_lines
+from data_prep.sources.jsonlines import BAD, BLANK, NESTED_STRINGS, read_json_lines
 
 REVIEW_FIELDS: dict[str, pl.DataType] = {
     "reviewerID": pl.String(),

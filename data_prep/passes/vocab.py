@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from data_prep import contract as c
-from data_prep.validate import group_has
+from data_prep.passes.validate import group_has
 
 VALUE = "value"
 INDEX = "index"

@@ -24,7 +24,7 @@ share of the competition's coupons: ``off_00_05`` [0, 5%), ``off_05_10`` [5, 10%
 ``off_10_15`` [10, 15%), ``off_15_25`` [15, 25%), ``off_25_up`` [25%, 100%). ``null`` gives a
 null level.
 
-Policy (see :mod:`data_prep.adapters.base`): a missing file or required column ->
+Policy (see :mod:`data_prep.sources.base`): a missing file or required column ->
 :class:`AdapterError`. Rows with ``Coupon_id`` null are plain purchases without a coupon:
 dropped and counted as ``no_coupon`` in both modes. Row-level problems, raised with file and
 line or (``on_error="skip"``) counted: ``malformed_line`` (wrong field count),
@@ -41,7 +41,8 @@ from pathlib import Path
 import polars as pl
 
 from data_prep import contract as C
-from data_prep.adapters.base import (
+from data_prep.schema import SAMPLE_BASE_SCHEMA
+from data_prep.sources.base import (
     BLANK_LINE,
     TEXT,
     AdapterError,
@@ -211,7 +212,7 @@ def read_o2o(path: Path, *, on_error: OnError = "raise") -> AdapterResult:
             coupon.get(name, pl.col("_recv") if name == C.TS else null_str())
             .cast(dtype)
             .alias(name)
-            for name, dtype in C.SAMPLE_BASE_SCHEMA.items()
+            for name, dtype in SAMPLE_BASE_SCHEMA.items()
         ),
         within.fill_null(False).cast(pl.Int8).alias(C.label_col(TASK)),
     )
