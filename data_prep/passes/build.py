@@ -171,9 +171,19 @@ def fit(ev: pl.DataFrame, sm: pl.DataFrame, cut: Cut, min_count: int) -> Fitted:
     return Fitted(vocabs, users, lookups)
 
 
-def _coded(fitted: Fitted, with_action: bool) -> list[pl.Expr]:
-    """User, time, group, (action) and field codes, in the files' column order."""
-    lk = fitted.lookups
+def coded_exprs(lookups: dict[str, pl.Series], with_action: bool) -> list[pl.Expr]:
+    """User, time, group, (action) and field codes of compact rows, in the files' column order.
+
+    Args:
+        lookups: column -> dense ``code -> index`` array (:attr:`Fitted.lookups`, or
+            :func:`data_prep.passes.vocab.vocab_lookups` for new data coded with stored
+            vocabularies).
+        with_action: code the action too (events).
+
+    Returns:
+        The expressions.
+    """
+    lk = lookups
     exprs = [
         code_expr(c.USER, lk[c.USER], c.USER_IDX, masked=False),
         pl.col(c.TS),
@@ -196,7 +206,9 @@ def build_timeline(ev: pl.DataFrame, fitted: Fitted) -> tuple[pl.DataFrame, pl.D
         them (so equal inputs give equal files), and ``users.parquet``'s table.
     """
     # Eager sort: polars 2.1's streaming sort measured ~3x slower on this table.
-    timeline = sort_timeline(ev.select(_coded(fitted, with_action=True)).select(TIMELINE_COLUMNS))
+    timeline = sort_timeline(
+        ev.select(coded_exprs(fitted.lookups, with_action=True)).select(TIMELINE_COLUMNS)
+    )
     return timeline, user_offsets(fitted.users.select(c.USER_IDX, c.USER), timeline.lazy())
 
 
@@ -226,7 +238,7 @@ def build_samples(
     labels = [c.label_col(t) for t in info.tasks]
     probs = [c.prob_col(t) for t in info.prob_tasks]
     coded = sm.lazy().select(
-        *_coded(fitted, with_action=False),
+        *coded_exprs(fitted.lookups, with_action=False),
         *labels,
         *(pl.col(p).cast(pl.Float32) for p in probs),
         *([c.SPLIT_COL] if info.has_split else []),

@@ -13,7 +13,7 @@ lookup array ``code -> index``. The arbitrary codes never reach a written file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -98,6 +98,42 @@ def lookup(table: pl.DataFrame, target: str, size: int, default: int) -> pl.Seri
     arr = np.full(max(size, 1), default, dtype=np.int32)
     arr[table[CODE].to_numpy()] = table[target].to_numpy()
     return pl.Series(arr)
+
+
+def vocab_lookups(
+    vocabs: Mapping[str, pl.DataFrame], frames: Sequence[pl.DataFrame]
+) -> dict[str, pl.Series]:
+    """Lookup arrays that code new rows with stored vocabularies (scoring new data).
+
+    The new rows' ids are Categorical with codes of their own; each code is matched to the
+    vocabulary by value, so a value the training data never gave an index is OOV, exactly as
+    :func:`fit_vocab` and :func:`lookup` code the training files.
+
+    Args:
+        vocabs: column -> the stored vocabulary (``value``, ``index``), for the id fields and
+            ``contract.ACTION``.
+        frames: compact frames holding those columns as Categorical (a column absent from
+            every frame gets an empty lookup).
+
+    Returns:
+        Column -> dense ``code -> index`` array (:func:`lookup`), for :func:`code_expr`.
+    """
+    out: dict[str, pl.Series] = {}
+    for col, vocab in vocabs.items():
+        present = [f.select(col) for f in frames if col in f.columns]
+        if not present:
+            empty = pl.DataFrame(schema={CODE: pl.UInt32, INDEX: pl.Int32})
+            out[col] = lookup(empty, INDEX, 0, c.OOV_INDEX)
+            continue
+        codes = (
+            pl.concat(present)
+            .drop_nulls()
+            .select(pl.col(col).cast(pl.String).alias(VALUE), pl.col(col).to_physical().alias(CODE))
+            .unique(CODE)
+            .join(vocab.select(VALUE, INDEX), on=VALUE, how="inner")
+        )
+        out[col] = lookup(codes, INDEX, n_codes(present, col), c.OOV_INDEX)
+    return out
 
 
 def n_codes(frames: Iterable[pl.DataFrame], col: str) -> int:

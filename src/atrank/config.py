@@ -287,12 +287,29 @@ class PrepJobConfig:
         return derived_tasks(self.derive)
 
 
+@dataclass
+class ExportConfig:
+    """The root of ``atrank-export``'s config (``conf/export.yaml``).
+
+    Attributes:
+        ckpt_path: a checkpoint written by ``atrank-train``.
+        out: the bundle directory (replaced if it exists).
+        data_dir: the prepared data it was trained on; None = the one it records.
+    """
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    ckpt_path: str = MISSING
+    out: str = MISSING
+    data_dir: str | None = None
+
+
 def register_configs() -> None:
     """Registers the root schemas with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="prep_schema", node=PrepJobConfig)
+    cs.store(name="export_schema", node=ExportConfig)
 
 
 def _convert(schema: type[T], node: Any, key: str) -> T:
@@ -371,6 +388,11 @@ def eval_config(cfg: DictConfig) -> EvalConfig:
 def prep_job_config(cfg: DictConfig) -> PrepJobConfig:
     """The typed ``atrank-prep`` config; raises :class:`ConfigError` like :func:`train_config`."""
     return _typed_root(PrepJobConfig, cfg)
+
+
+def export_config(cfg: DictConfig) -> ExportConfig:
+    """The typed ``atrank-export`` config; raises :class:`ConfigError` like :func:`train_config`."""
+    return _typed_root(ExportConfig, cfg)
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

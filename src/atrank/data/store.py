@@ -48,7 +48,11 @@ class Timeline:
     @classmethod
     def read(cls, path: Path) -> Timeline:
         """Reads ``timeline.parquet``."""
-        df = pl.read_parquet(path)
+        return cls.from_frame(pl.read_parquet(path))
+
+    @classmethod
+    def from_frame(cls, df: pl.DataFrame) -> Timeline:
+        """The timeline of a coded, sorted frame (``timeline.parquet``'s columns)."""
         return cls(
             ts=_tensor(df, C.TS, torch.int64),
             group=_tensor(df, C.GROUP_IDX, torch.int8),

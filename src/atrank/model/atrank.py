@@ -132,13 +132,41 @@ class ATRankModel(nn.Module):
             :class:`ModelOutput` with ``(B,)`` logits and L2 terms per task.
         """
         memory, mask = self.encode_history(batch)  # once, shared by every task
-        targets: dict[str, Tensor] = {}  # group -> (B, d); tasks of one group share it
+        return self.score(memory, mask, batch.target)
+
+    def score(
+        self,
+        memory: Tensor,
+        mask: Tensor,
+        target: dict[str, Tensor],
+        owner: Tensor | None = None,
+    ) -> ModelOutput:
+        """Scores targets against encoded histories, every task in one pass.
+
+        The history encoding does not depend on the target, so a user's history is encoded
+        once (:meth:`encode_history`) and any number of candidates are scored against it:
+        ``owner`` says whose memory each target reads.
+
+        Args:
+            memory: ``(U, T', d)`` encoded histories (:meth:`encode_history`).
+            mask: ``(U, T')`` bool memory mask.
+            target: coded target fields, ``field -> (N,)`` long.
+            owner: ``(N,)`` long, the row of ``memory`` each target is scored against;
+                None means ``N = U``, target ``i`` against memory ``i``.
+
+        Returns:
+            :class:`ModelOutput` with ``(N,)`` logits and L2 terms per task (meaningful for
+            targets of the task's group only).
+        """
+        if owner is not None:
+            memory, mask = memory[owner], mask[owner]  # (N, T', d), (N, T')
+        targets: dict[str, Tensor] = {}  # group -> (N, d); tasks of one group share it
         logits: dict[str, Tensor] = {}
         l2: dict[str, Tensor] = {}
         for task, group in self.task_groups.items():
             if group not in targets:
-                targets[group] = self.embedding.embed_target(batch.target, group)
-            ids = batch.target[self.embedding.id_field(group)]  # (B,)
+                targets[group] = self.embedding.embed_target(target, group)
+            ids = target[self.embedding.id_field(group)]  # (N,)
             logits[task], l2[task] = self.heads[task](targets[group], memory, mask, ids)
         return ModelOutput(logits=logits, l2=l2)
 

@@ -1,0 +1,73 @@
+"""``atrank-export``: a training checkpoint -> a self-contained bundle (:mod:`.bundle`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from atrank.build import data_shape
+from atrank.config import ConfigError, train_config
+from atrank.runtime import METRICS_FILE
+from atrank.serve.bundle import BundleTask, write_bundle
+from data_prep.meta import read_meta
+
+MODEL_PREFIX = "model."
+
+
+def read_checkpoint(ckpt_path: Path) -> dict[str, object]:
+    """A checkpoint of ``atrank-train``, read without unpickling code (``weights_only``).
+
+    Raises:
+        ConfigError: naming the file when it is missing, refused or not from atrank-train.
+    """
+    if not ckpt_path.is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint file at {ckpt_path}")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused or a damaged file: both are the file's fault
+        raise ConfigError(
+            f"ckpt_path: {ckpt_path} is not a readable atrank-train checkpoint "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(ckpt, dict) or "run_config" not in ckpt.get("hyper_parameters", {}):
+        raise ConfigError(f"ckpt_path: {ckpt_path} was not written by atrank-train (no run_config)")
+    return ckpt
+
+
+def export_bundle(ckpt_path: Path, out: Path, data_dir: Path | None = None) -> Path:
+    """Writes the bundle of a training checkpoint.
+
+    Args:
+        ckpt_path: a checkpoint written by ``atrank-train``.
+        out: the bundle directory (replaced if it exists).
+        data_dir: the prepared data it was trained on; None = the one recorded in it.
+
+    Returns:
+        The bundle directory.
+    """
+    ckpt = read_checkpoint(Path(ckpt_path))
+    hp = ckpt["hyper_parameters"]
+    assert isinstance(hp, dict)
+    run = train_config(OmegaConf.create(dict(hp["run_config"])))
+    prepared = Path(data_dir) if data_dir is not None else Path(str(hp["data_dir"]))
+    meta = read_meta(prepared)
+    state = ckpt["state_dict"]
+    assert isinstance(state, dict)
+    weights = {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+    metrics_file = Path(ckpt_path).resolve().parent.parent / METRICS_FILE
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return write_bundle(
+        Path(out),
+        weights,
+        run.model,
+        data_shape(meta),
+        {n: BundleTask(t.target, t.label_of(n)) for n, t in run.task.items()},
+        meta.time,
+        run.data.max_len,
+        meta.fingerprint,
+        prepared,
+        metrics,
+    )

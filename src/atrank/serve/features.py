@@ -1,0 +1,287 @@
+"""Raw events and scoring requests -> model inputs, through the preparation's own functions.
+
+No second implementation of the features: the rows are checked and compacted by
+:func:`data_prep.passes.validate.compact_query` and :func:`drop_rules` (bad rows are dropped
+and counted, never an error), ids are coded with the bundle's vocabularies through
+:func:`data_prep.passes.vocab.vocab_lookups` and :func:`code_expr` (an unseen id is OOV,
+counted), the timeline is ordered by :func:`data_prep.passes.history.sort_timeline`, a
+request's history is every event strictly before its time
+(:func:`data_prep.passes.history.attach_history`), and the window of the ``max_len`` most
+recent behaviours with their time buckets relative to the request comes from the training
+batch builder (:class:`atrank.data.batching.BatchBuilder`).
+
+Requests are one row per (request, candidate): ``user_id``, ``ts`` and the candidate
+(``group``, default ``item``, and its id field; other fields optional, filled from the
+bundle's catalogue when absent), with an optional ``request_id`` (default: one request per
+``(user_id, ts)``). Candidates keep their row order within a request.
+
+Shape glossary: R requests, N candidates (rows), T history window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import torch
+from torch import Tensor
+
+from atrank.data.batch import Batch
+from atrank.data.batching import BatchBuilder
+from atrank.data.store import SampleTable, Timeline
+from atrank.serve.bundle import Bundle
+from data_prep import contract as C
+from data_prep.passes.build import coded_exprs
+from data_prep.passes.history import TIMELINE_COLUMNS, attach_history, sort_timeline, user_offsets
+from data_prep.passes.validate import (
+    EVENTS,
+    SAMPLES,
+    TableInfo,
+    categorical_columns,
+    compact_query,
+    drop_rules,
+    inspect_table,
+    row_check_exprs,
+)
+from data_prep.passes.vocab import fit_users, lookup, n_codes, vocab_lookups
+from data_prep.schema import EVENT_SCHEMA
+
+REQUEST_ID = "request_id"
+REQUEST_IDX = "__request"  # dense request index, in order of first appearance
+POSITION = "position"  # the candidate's position within its request
+_CAND = "__candidate"  # candidate row number in the input
+
+
+@dataclass
+class Features:
+    """Model inputs of a set of requests.
+
+    Attributes:
+        history: one row per request: the request's history window (``target`` unused).
+        target: coded candidate fields, ``field -> (N,)`` long.
+        target_group: ``(N,)`` long group index (-1 for a candidate without a group).
+        owner: ``(N,)`` long, the request (row of ``history``) of each candidate.
+        candidates: one row per candidate in input order: ``request_id`` (or the dense
+            request index), ``position``, ``user_id``, ``ts``, ``group``, the id field,
+            ``scorable`` and ``reason`` (why a candidate cannot be scored, else null).
+        stats: counts for reports: events read/kept/dropped by reason, OOV rates.
+    """
+
+    history: Batch
+    target: dict[str, Tensor]
+    target_group: Tensor
+    owner: Tensor
+    candidates: pl.DataFrame
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _with_columns(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Adds the contract columns a frame lacks (all null), so optional fields may be left out."""
+    missing = [pl.lit(None, dtype).alias(col) for col, dtype in schema.items() if col not in df]
+    return df.with_columns(missing) if missing else df
+
+
+class Featurizer:
+    """Codes events and requests with a bundle's vocabularies (see the module docstring).
+
+    Args:
+        bundle: the loaded bundle (vocabularies, catalogue, time rule, history window).
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.vocabs = {col: v.select("value", "index") for col, v in bundle.vocabs.items()}
+        self.user_index = bundle.users.select(C.USER, pl.col(C.USER_IDX).alias("__train_user"))
+
+    def requests(self, requests: pl.DataFrame) -> pl.DataFrame:
+        """Checks and completes the request rows: dense request index, position, catalogue.
+
+        Raises:
+            ValueError: naming the column at fault (missing ``user_id``/``ts``, a
+                ``request_id`` with several users or times).
+        """
+        for col in (C.USER, C.TS):
+            if col not in requests.columns:
+                raise ValueError(f"requests: column {col!r} is missing")
+        df = requests.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_CAND))
+        if C.GROUP not in df.columns:
+            df = df.with_columns(pl.lit("item").alias(C.GROUP))
+        keys = [REQUEST_ID] if REQUEST_ID in df.columns else [C.USER, C.TS]
+        first = df.group_by(keys, maintain_order=True).agg(pl.col(C.USER).n_unique().alias("__u"))
+        if REQUEST_ID in df.columns:
+            per = df.group_by(REQUEST_ID).agg(pl.col(C.USER).n_unique(), pl.col(C.TS).n_unique())
+            bad = per.filter((pl.col(C.USER) > 1) | (pl.col(C.TS) > 1))
+            if bad.height:
+                raise ValueError(
+                    f"requests: request_id {bad[REQUEST_ID][0]!r} has several user_id or ts values"
+                )
+        first = first.with_row_index(REQUEST_IDX).select(REQUEST_IDX, *keys)
+        df = df.join(first, on=keys, how="left", nulls_equal=True).sort(_CAND)
+        df = df.with_columns(
+            pl.int_range(pl.len(), dtype=pl.Int32).over(REQUEST_IDX).alias(POSITION),
+            pl.col(REQUEST_IDX).cast(pl.Int64),
+        )
+        return self._from_catalogue(_with_columns(df, {**EVENT_SCHEMA}).drop(C.ACTION))
+
+    def _from_catalogue(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Fills a candidate's absent fields from the catalogue (given values win)."""
+        for group, cat in self.bundle.catalogue.items():
+            key, rest = cat.columns[0], cat.columns[1:]
+            known = cat.rename({f: f"__cat_{f}" for f in rest})
+            df = df.with_columns(pl.col(key).cast(pl.String)).join(known, on=key, how="left")
+            in_group = pl.col(C.GROUP) == group
+            df = df.with_columns(
+                pl.when(in_group & pl.col(f).is_null())
+                .then(pl.col(f"__cat_{f}"))
+                .otherwise(pl.col(f).cast(pl.String))
+                .alias(f)
+                for f in rest
+            ).drop([f"__cat_{f}" for f in rest])
+        return df.sort(_CAND)
+
+    def __call__(self, events: pl.DataFrame, requests: pl.DataFrame) -> Features:
+        """The model inputs of ``requests``, their histories read from ``events``.
+
+        Args:
+            events: canonical events (``contract`` columns; optional fields may be absent),
+                any users (only the requests' users are read).
+            requests: one row per (request, candidate), see the module docstring.
+
+        Returns:
+            The :class:`Features`.
+        """
+        req = self.requests(requests)
+        users = req.select(pl.col(C.USER).cast(pl.String)).unique()
+        ev_in = _with_columns(events, EVENT_SCHEMA).filter(
+            pl.col(C.USER).cast(pl.String).is_in(users[C.USER].implode())
+        )
+        ev_lf = ev_in.select(list(EVENT_SCHEMA)).lazy()
+        ev_info = inspect_table(ev_lf, EVENTS)
+        cand_lf = req.select(C.USER, C.TS, C.GROUP, *C.ID_FIELDS).lazy()
+        cand_info = TableInfo(SAMPLES, dict(cand_lf.collect_schema()))
+        cols = dict.fromkeys([*categorical_columns(EVENTS), *categorical_columns(SAMPLES)])
+        cats = {col: pl.Categories.random() for col in cols}
+        ev_all, cand = pl.collect_all(
+            [compact_query(ev_lf, ev_info, cats), compact_query(cand_lf, cand_info, cats)]
+        )
+        ev, dropped = _kept(ev_all, ev_info)
+        lookups = vocab_lookups(self.vocabs, [ev, cand])
+        dense = fit_users([ev.lazy(), cand.lazy()]).collect()
+        lookups[C.USER] = lookup(dense, C.USER_IDX, n_codes([ev, cand], C.USER), -1)
+        timeline = sort_timeline(
+            ev.select(coded_exprs(lookups, with_action=True)).select(TIMELINE_COLUMNS)
+        )
+        offsets = user_offsets(dense.select(C.USER_IDX, C.USER), timeline.lazy())
+        coded = cand.select(coded_exprs(lookups, with_action=False))
+        per_request = (
+            coded.select(C.USER_IDX, C.TS)
+            .with_columns(req[REQUEST_IDX])
+            .unique(REQUEST_IDX, keep="first", maintain_order=True)
+        )
+        hist = attach_history(per_request.lazy(), offsets, timeline.lazy()).collect()
+        hist = hist.sort(REQUEST_IDX)
+        history = self._history_batch(timeline, hist, dense)
+        target = {f: torch.from_numpy(coded[f].to_numpy()).long() for f in C.ID_FIELDS}
+        group = torch.from_numpy(cand[C.GROUP_IDX].to_numpy()).long()
+        owner = torch.from_numpy(req[REQUEST_IDX].to_numpy()).long()
+        candidates, stats = self._report(req, cand, coded, hist, ev_all, ev, dropped)
+        return Features(history, target, group, owner, candidates, stats)
+
+    def _history_batch(
+        self, timeline: pl.DataFrame, hist: pl.DataFrame, dense: pl.DataFrame
+    ) -> Batch:
+        """One batch row per request: its history window, as training builds it."""
+        R = hist.height  # noqa: N806 (shape names)
+        zeros = torch.zeros(R, dtype=torch.int32)
+        train_user = (
+            hist.select(C.USER_IDX)
+            .join(
+                dense.select(C.USER_IDX, C.USER), on=C.USER_IDX, how="left", maintain_order="left"
+            )
+            .join(self.user_index, on=C.USER, how="left", maintain_order="left")
+        )
+        samples = SampleTable(
+            user=torch.from_numpy(train_user["__train_user"].fill_null(0).to_numpy()).long(),
+            ts=torch.from_numpy(hist[C.TS].to_numpy()).long(),
+            group=zeros.to(torch.int8),
+            fields={f: zeros for f in C.ID_FIELDS},
+            hist_start=torch.from_numpy(hist[C.HIST_START].to_numpy()).long(),
+            hist_end=torch.from_numpy(hist[C.HIST_END].to_numpy()).long(),
+            labels={},
+            prob={},
+        )
+        time = self.bundle.time
+        builder = BatchBuilder(
+            Timeline.from_frame(timeline), self.bundle.max_len, time.unit_seconds, time.n_buckets
+        )
+        return builder(samples, torch.arange(R))
+
+    def _report(
+        self,
+        req: pl.DataFrame,
+        cand: pl.DataFrame,
+        coded: pl.DataFrame,
+        hist: pl.DataFrame,
+        ev_all: pl.DataFrame,
+        ev: pl.DataFrame,
+        dropped: dict[str, int],
+    ) -> tuple[pl.DataFrame, dict[str, Any]]:
+        """The candidates' table with their flags, and the counts."""
+        n_hist = (hist[C.HIST_END] - hist[C.HIST_START]).to_numpy()
+        has_history = pl.Series(n_hist[req[REQUEST_IDX].to_numpy()] > 0)
+        id_code = pl.lit(0, pl.Int32)
+        for i, (_, fields) in enumerate(C.GROUP_FIELDS.items()):
+            id_code = pl.when(pl.col(C.GROUP_IDX) == i).then(pl.col(fields[0])).otherwise(id_code)
+        ids = coded.with_columns(cand[C.GROUP_IDX]).select(id_code.alias("id"))["id"]
+        reason = (
+            pl.when(pl.col("__g") < 0)
+            .then(pl.lit("unknown_group"))
+            .when(pl.col("__id") == C.PAD_INDEX)
+            .then(pl.lit("no_candidate_id"))
+            .when((pl.col("__id") == C.OOV_INDEX) & ~pl.col("__h"))
+            .then(pl.lit("unknown_candidate_and_no_history"))
+        )
+        key = REQUEST_ID if REQUEST_ID in req.columns else REQUEST_IDX
+        flags = pl.DataFrame({"__g": cand[C.GROUP_IDX], "__id": ids, "__h": has_history})
+        table = pl.concat(
+            [
+                req.select(key, POSITION, C.USER, C.TS, C.GROUP, *C.ID_FIELDS),
+                flags.select(reason.alias("reason")),
+            ],
+            how="horizontal",
+        ).with_columns(pl.col("reason").is_null().alias("scorable"))
+        stats = {
+            "requests": hist.height,
+            "candidates": req.height,
+            "unscorable": int((~table["scorable"]).sum()),
+            "unscorable_by_reason": {
+                str(r): int(n)
+                for r, n in table.filter(~pl.col("scorable"))["reason"].value_counts().rows()
+            },
+            "candidates_oov": int((ids == C.OOV_INDEX).sum()),
+            "events_read": ev_all.height,
+            "events_kept": ev.height,
+            "events_dropped_by_reason": dropped,
+            "requests_without_history": int((n_hist == 0).sum()),
+        }
+        return table, stats
+
+
+def _kept(compact: pl.DataFrame, info: TableInfo) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The usable rows of compact events and how many were dropped, by reason.
+
+    Scoring never fails on a row: a row that breaks a hard check of the preparation (which
+    would stop ``atrank-prep``) is dropped and counted under that check, like the rows that
+    break the skip-and-count rules.
+    """
+    reasons: list[tuple[str, pl.Expr]] = [
+        (f"bad_{chk.column}", pl.col(f"__bad{i}")) for i, chk in enumerate(row_check_exprs(info))
+    ]
+    reasons += drop_rules(info)
+    first = pl.lit(None, pl.String)
+    for reason, bad in reversed(reasons):
+        first = pl.when(bad.fill_null(False)).then(pl.lit(reason)).otherwise(first)
+    marked = compact.with_columns(first.alias("__reason"))
+    counts = {str(r): int(n) for r, n in marked["__reason"].drop_nulls().value_counts().rows()}
+    return marked.filter(pl.col("__reason").is_null()).drop("__reason"), counts
