@@ -406,3 +406,32 @@ def test_padding_invariance_property(
     varied = pad_more(scramble_padding(batch, seed=seed + 1), extra, left=left_pad)
     with torch.no_grad():
         assert_same_output(model(batch), model(varied))
+
+
+@pytest.mark.parametrize("counts", [[2, 1, 4], [1, 1, 10], [3, 0, 2]])
+@pytest.mark.parametrize("scorer", ["dot", "mlp"])
+def test_scoring_many_targets_per_history_equals_one_row_each(
+    counts: list[int], scorer: str
+) -> None:
+    """model.score with ``owner`` (each history encoded once, its targets scored together,
+    padded or gathered) gives each target the logits of a batch row of its own."""
+    model = small_model(scorer=scorer)
+    users = make_batch([0, 3, 6], T=6, seed=5)
+    owner = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    owner = owner[torch.randperm(owner.numel(), generator=torch.Generator().manual_seed(1))]
+    targets = make_batch([1] * owner.numel(), T=1, seed=9)
+    with torch.no_grad():
+        memory, mask = model.encode_history(users)
+        once = model.score(memory, mask, targets.target, owner)
+        rows = replace(
+            users,
+            hist={f: v[owner] for f, v in users.hist.items()},
+            hist_action=users.hist_action[owner],
+            hist_time=users.hist_time[owner],
+            hist_group=users.hist_group[owner],
+            hist_mask=users.hist_mask[owner],
+            target=targets.target,
+            user=users.user[owner],
+        )
+        each = model(rows)
+    assert_same_output(once, each, tol=1e-5)

@@ -118,22 +118,25 @@ def vocab_lookups(
     Returns:
         Column -> dense ``code -> index`` array (:func:`lookup`), for :func:`code_expr`.
     """
-    out: dict[str, pl.Series] = {}
+    queries: dict[str, pl.LazyFrame] = {}
+    sizes: dict[str, int] = {}
     for col, vocab in vocabs.items():
         present = [f.select(col) for f in frames if col in f.columns]
-        if not present:
-            empty = pl.DataFrame(schema={CODE: pl.UInt32, INDEX: pl.Int32})
-            out[col] = lookup(empty, INDEX, 0, c.OOV_INDEX)
-            continue
-        codes = (
-            pl.concat(present)
-            .drop_nulls()
-            .select(pl.col(col).cast(pl.String).alias(VALUE), pl.col(col).to_physical().alias(CODE))
-            .unique(CODE)
-            .join(vocab.select(VALUE, INDEX), on=VALUE, how="inner")
-        )
-        out[col] = lookup(codes, INDEX, n_codes(present, col), c.OOV_INDEX)
-    return out
+        sizes[col] = n_codes(present, col)
+        if present:
+            queries[col] = (
+                pl.concat(present)
+                .lazy()
+                .drop_nulls()
+                .select(
+                    pl.col(col).cast(pl.String).alias(VALUE), pl.col(col).to_physical().alias(CODE)
+                )
+                .unique(CODE)
+                .join(vocab.lazy().select(VALUE, INDEX), on=VALUE, how="inner")
+            )
+    found = dict(zip(queries, pl.collect_all(list(queries.values())), strict=True))
+    empty = pl.DataFrame(schema={CODE: pl.UInt32, INDEX: pl.Int32})
+    return {col: lookup(found.get(col, empty), INDEX, sizes[col], c.OOV_INDEX) for col in vocabs}
 
 
 def n_codes(frames: Iterable[pl.DataFrame], col: str) -> int:

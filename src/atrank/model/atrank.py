@@ -144,8 +144,9 @@ class ATRankModel(nn.Module):
         """Scores targets against encoded histories, every task in one pass.
 
         The history encoding does not depend on the target, so a user's history is encoded
-        once (:meth:`encode_history`) and any number of candidates are scored against it:
-        ``owner`` says whose memory each target reads.
+        once (:meth:`encode_history`), each head projects its keys and values once per user,
+        and any number of candidates are scored against them: ``owner`` says whose memory
+        each target reads.
 
         Args:
             memory: ``(U, T', d)`` encoded histories (:meth:`encode_history`).
@@ -158,8 +159,6 @@ class ATRankModel(nn.Module):
             :class:`ModelOutput` with ``(N,)`` logits and L2 terms per task (meaningful for
             targets of the task's group only).
         """
-        if owner is not None:
-            memory, mask = memory[owner], mask[owner]  # (N, T', d), (N, T')
         targets: dict[str, Tensor] = {}  # group -> (N, d); tasks of one group share it
         logits: dict[str, Tensor] = {}
         l2: dict[str, Tensor] = {}
@@ -167,7 +166,7 @@ class ATRankModel(nn.Module):
             if group not in targets:
                 targets[group] = self.embedding.embed_target(target, group)
             ids = target[self.embedding.id_field(group)]  # (N,)
-            logits[task], l2[task] = self.heads[task](targets[group], memory, mask, ids)
+            logits[task], l2[task] = self.heads[task](targets[group], memory, mask, ids, owner)
         return ModelOutput(logits=logits, l2=l2)
 
 

@@ -73,14 +73,18 @@ class MultiHeadAttentionBlock(nn.Module):
         key_value: Tensor,
         key_mask: Tensor,
         query_mask: Tensor | None = None,
+        owner: Tensor | None = None,
     ) -> Tensor:
         """Applies the block.
 
         Args:
             query: ``(B, Tq, d)``.
-            key_value: ``(B, Tk, d)`` memory; ``Tk`` may be 0 (nothing to attend to).
-            key_mask: ``(B, Tk)`` bool, True at valid keys.
+            key_value: ``(U, Tk, d)`` memory; ``Tk`` may be 0 (nothing to attend to).
+            key_mask: ``(U, Tk)`` bool, True at valid keys.
             query_mask: ``(B, Tq)`` bool, True at valid queries; None means all valid.
+            owner: ``(B,)`` long, the memory row each query reads: the keys and values are
+                projected once per memory row and shared by its queries (many candidates
+                of one user); None means ``U = B``, row ``i`` for query ``i``.
 
         Returns:
             ``(B, Tq, d)``.
@@ -90,6 +94,8 @@ class MultiHeadAttentionBlock(nn.Module):
             attended = torch.zeros_like(query)  # (B, Tq, d)
         else:
             q, k, v = self._heads(query, key_value)
+            if owner is not None:  # (U, nh, Tk, hs) -> (B, nh, Tk, hs)
+                k, v, key_mask = k[owner], v[owner], key_mask[owner]
             y = self._attend(q, k, v, key_mask, query_mask)  # (B, nh, Tq, hs)
             attended = y.transpose(1, 2).contiguous().view(B, Tq, d)  # (B, Tq, d)
         x = self.norm1(query + attended)
@@ -115,11 +121,11 @@ class MultiHeadAttentionBlock(nn.Module):
 
     def _heads(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, Tq, d = query.shape  # noqa: N806 (shape names)
-        Tk = key_value.shape[1]  # noqa: N806 (shape names)
+        U, Tk = key_value.shape[:2]  # noqa: N806 (shape names)
         nh, hs = self.n_heads, self.head_dim
         q = F.relu(self.q_proj(query)).view(B, Tq, nh, hs).transpose(1, 2)  # (B, nh, Tq, hs)
-        k = F.relu(self.k_proj(key_value)).view(B, Tk, nh, hs).transpose(1, 2)  # (B, nh, Tk, hs)
-        v = F.relu(self.v_proj(key_value)).view(B, Tk, nh, hs).transpose(1, 2)  # (B, nh, Tk, hs)
+        k = F.relu(self.k_proj(key_value)).view(U, Tk, nh, hs).transpose(1, 2)  # (U, nh, Tk, hs)
+        v = F.relu(self.v_proj(key_value)).view(U, Tk, nh, hs).transpose(1, 2)  # (U, nh, Tk, hs)
         return q, k, v
 
     def _weights(self, q: Tensor, k: Tensor, key_mask: Tensor, query_mask: Tensor | None) -> Tensor:

@@ -54,20 +54,27 @@ class TaskHead(nn.Module):
         self.mlp = _mlp(3 * d_model, mlp_hidden) if scorer == "mlp" else None
 
     def forward(
-        self, target: Tensor, memory: Tensor, memory_mask: Tensor, target_ids: Tensor
+        self,
+        target: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor,
+        target_ids: Tensor,
+        owner: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Scores the targets against the users' encoded histories.
 
         Args:
             target: ``(B, d)`` target vectors.
-            memory: ``(B, T, d)`` encoded history.
-            memory_mask: ``(B, T)`` bool, True at real behaviours.
+            memory: ``(U, T, d)`` encoded history.
+            memory_mask: ``(U, T)`` bool, True at real behaviours.
             target_ids: ``(B,)`` long, the targets' id (key of the bias table).
+            owner: ``(B,)`` long, the memory row of each target (keys and values projected
+                once per row); None means ``U = B``, row ``i`` for target ``i``.
 
         Returns:
             ``(logits, l2)``, both ``(B,)``: the logits and ``||u||^2 + ||t||^2`` per row.
         """
-        u = self.attention(target.unsqueeze(1), memory, memory_mask).squeeze(1)  # (B, d)
+        u = self._user_vectors(target, memory, memory_mask, owner)  # (B, d)
         if self.mlp is not None:
             logits = self.mlp(torch.cat([u, target, u * target], dim=-1)).squeeze(-1)  # (B,)
         else:
@@ -75,6 +82,37 @@ class TaskHead(nn.Module):
             logits = (u * target).sum(-1) + self.bias(target_ids).squeeze(-1)  # (B,)
         l2 = u.pow(2).sum(-1) + target.pow(2).sum(-1)  # (B,)
         return logits, l2
+
+    def _user_vectors(
+        self, target: Tensor, memory: Tensor, memory_mask: Tensor, owner: Tensor | None
+    ) -> Tensor:
+        """``(B, d)`` attended user vectors, one per target.
+
+        With ``owner``, the targets of one memory row are its queries: laid out as
+        ``(U, M, d)`` (M the most targets of one row), they attend in one call, every row's
+        keys and values projected once. The rows are independent, so this equals attending
+        one target at a time. When padding would more than double the work (very uneven
+        rows), each target reads its row's projected keys and values instead.
+        """
+        if owner is None:
+            return self.attention(target.unsqueeze(1), memory, memory_mask).squeeze(1)
+        B, d = target.shape  # noqa: N806 (shape names)
+        U = memory.shape[0]  # noqa: N806 (shape names)
+        counts = torch.bincount(owner, minlength=U)  # (U,)
+        M = int(counts.max()) if B else 0  # noqa: N806 (shape names)
+        if U * M > 2 * B:
+            return self.attention(target.unsqueeze(1), memory, memory_mask, owner=owner).squeeze(1)
+        order = torch.argsort(owner, stable=True)  # (B,) targets grouped by row
+        rows = owner[order]  # (B,)
+        slot = torch.arange(B, device=owner.device) - (torch.cumsum(counts, 0) - counts)[rows]
+        queries = target.new_zeros(U, M, d)  # (U, M, d)
+        queries[rows, slot] = target[order]
+        valid = torch.zeros(U, M, dtype=torch.bool, device=target.device)  # (U, M)
+        valid[rows, slot] = True
+        attended = self.attention(queries, memory, memory_mask, query_mask=valid)  # (U, M, d)
+        u = torch.empty_like(target)  # (B, d)
+        u[order] = attended[rows, slot]
+        return u
 
 
 def _mlp(d_in: int, hidden: Sequence[int]) -> nn.Sequential:
