@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from atrank.build import build_system, make_datamodule
 from atrank.config import train_config
+from atrank.runtime import read_checkpoint
 from atrank.serve.bundle import BUNDLE_FILE, BundleError, load_bundle
-from atrank.serve.export import export_bundle, read_checkpoint
+from atrank.serve.export import export_bundle
 from atrank.serve.features import POSITION
 from atrank.serve.predictor import Predictor
 from atrank.train import train

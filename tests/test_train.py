@@ -334,3 +334,33 @@ def test_fast_dev_run_on_a_gpu(compose_cfg: Compose) -> None:
     for task in ("click", "purchase", "coupon"):
         assert 0.0 <= metrics[f"test/{task}/auc"] <= 1.0
         assert 0.0 < metrics[f"test/{task}/logloss"] < 2.0
+
+
+class _CreatesAFile:
+    """Unpickling this object would create a file: a crafted checkpoint's payload."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(
+    compose_cfg: Compose, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"hyper_parameters": {"run_config": {}}, "payload": _CreatesAFile(marker)}, crafted)
+    with pytest.raises(ConfigError, match=r"ckpt_path: .*crafted\.ckpt is not a readable"):
+        evaluate(compose_cfg(f"ckpt_path={crafted}", config_name="eval"))
+    with pytest.raises(ConfigError, match=r"ckpt_path: .*crafted\.ckpt is not a readable"):
+        train(compose_cfg(f"ckpt_path={crafted}", "debug=fdr"))
+    from atrank.serve.export import export_bundle
+
+    with pytest.raises(ConfigError, match="not a readable"):
+        export_bundle(crafted, tmp_path / "bundle")
+    assert not marker.exists()  # nothing was unpickled
+    missing = tmp_path / "nowhere.ckpt"
+    with pytest.raises(ConfigError, match="no checkpoint file"):
+        evaluate(compose_cfg(f"ckpt_path={missing}", config_name="eval"))

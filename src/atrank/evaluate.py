@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from atrank.build import build_system, make_datamodule
-from atrank.config import ConfigError, eval_config, train_config
-from atrank.runtime import collect_metrics, instantiate_all, oracle_aucs, set_threads, write_metrics
-
-
-def _load_hparams(ckpt_path: Path) -> dict[str, Any]:
-    if not ckpt_path.is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    hp = ckpt.get("hyper_parameters", {})
-    if "run_config" not in hp:
-        raise ConfigError(f"ckpt_path: {ckpt_path} was not written by atrank-train (no run_config)")
-    return dict(hp)
+from atrank.config import eval_config, train_config
+from atrank.runtime import (
+    collect_metrics,
+    instantiate_all,
+    oracle_aucs,
+    read_checkpoint,
+    set_threads,
+    write_metrics,
+)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -34,8 +29,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """
     job = eval_config(cfg)
     ckpt_path = Path(job.ckpt_path)
-    hp = _load_hparams(ckpt_path)
-    run = train_config(OmegaConf.create(hp["run_config"]))
+    hp = read_checkpoint(ckpt_path)["hyper_parameters"]  # refuses to unpickle code
+    assert isinstance(hp, dict)
+    run = train_config(OmegaConf.create(dict(hp["run_config"])))
     set_threads(job.threads, run.data.num_workers)
     data_dir = Path(job.data_dir) if job.data_dir is not None else Path(hp["data_dir"])
     dm = make_datamodule(data_dir, run.data, run.task, run.seed, eval_batch_size=job.batch_size)
@@ -45,9 +41,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     split = job.split.value
     if split == "test":
-        trainer.test(system, datamodule=dm, ckpt_path=str(ckpt_path))
+        trainer.test(system, datamodule=dm, ckpt_path=str(ckpt_path), weights_only=True)
     else:
-        trainer.validate(system, datamodule=dm, ckpt_path=str(ckpt_path))
+        trainer.validate(system, datamodule=dm, ckpt_path=str(ckpt_path), weights_only=True)
     metrics = collect_metrics(trainer.callback_metrics, list(run.task), stage=split)
     for task, auc in oracle_aucs(dm.splits[split], list(run.task)).items():
         metrics[f"oracle/{task}/auc"] = auc

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from torchmetrics.functional.classification import binary_auroc
 
-from atrank.config import METRIC_NAMES
+from atrank.config import METRIC_NAMES, ConfigError
 from atrank.data.store import SampleTable
 
 METRICS_FILE = "metrics.json"
@@ -107,3 +107,23 @@ def write_metrics(metrics: dict[str, float], out_dir: Path, title: str) -> Path:
     console.print(table)
     console.print(f"metrics written to {path}")
     return path
+
+
+def read_checkpoint(ckpt_path: Path) -> dict[str, object]:
+    """A checkpoint of ``atrank-train``, read without unpickling code (``weights_only``).
+
+    Raises:
+        ConfigError: naming the file when it is missing, refused or not from atrank-train.
+    """
+    if not ckpt_path.is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint file at {ckpt_path}")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused or a damaged file: both are the file's fault
+        raise ConfigError(
+            f"ckpt_path: {ckpt_path} is not a readable atrank-train checkpoint "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(ckpt, dict) or "run_config" not in ckpt.get("hyper_parameters", {}):
+        raise ConfigError(f"ckpt_path: {ckpt_path} was not written by atrank-train (no run_config)")
+    return ckpt

@@ -21,6 +21,7 @@ from atrank.runtime import (
     instantiate_all,
     oracle_aucs,
     procs_per_node,
+    read_checkpoint,
     set_threads,
     write_metrics,
 )
@@ -52,13 +53,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tasks = list(run.task)
     if run.train:
         start = time.perf_counter()
-        trainer.fit(system, datamodule=dm, ckpt_path=run.ckpt_path)
+        if run.ckpt_path is not None:
+            read_checkpoint(Path(run.ckpt_path))  # a clear error, and never unpickled code
+        trainer.fit(system, datamodule=dm, ckpt_path=run.ckpt_path, weights_only=True)
         metrics["fit/seconds"] = time.perf_counter() - start
         metrics["fit/epochs"] = float(trainer.current_epoch)
     if run.test:  # the best checkpoint on val/monitor
         ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-        trainer.test(system, datamodule=dm, ckpt_path=best)
+        trainer.test(system, datamodule=dm, ckpt_path=best, weights_only=True)
         metrics.update(collect_metrics(trainer.callback_metrics, tasks))
         for task, auc in oracle_aucs(dm.splits["test"], tasks).items():
             metrics[f"oracle/{task}/auc"] = auc

@@ -5,36 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from atrank.build import data_shape
-from atrank.config import ConfigError, train_config
-from atrank.runtime import METRICS_FILE
+from atrank.config import train_config
+from atrank.runtime import METRICS_FILE, read_checkpoint
 from atrank.serve.bundle import BundleTask, write_bundle
 from data_prep.meta import read_meta
 
 MODEL_PREFIX = "model."
-
-
-def read_checkpoint(ckpt_path: Path) -> dict[str, object]:
-    """A checkpoint of ``atrank-train``, read without unpickling code (``weights_only``).
-
-    Raises:
-        ConfigError: naming the file when it is missing, refused or not from atrank-train.
-    """
-    if not ckpt_path.is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {ckpt_path}")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused or a damaged file: both are the file's fault
-        raise ConfigError(
-            f"ckpt_path: {ckpt_path} is not a readable atrank-train checkpoint "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-        ) from None
-    if not isinstance(ckpt, dict) or "run_config" not in ckpt.get("hyper_parameters", {}):
-        raise ConfigError(f"ckpt_path: {ckpt_path} was not written by atrank-train (no run_config)")
-    return ckpt
 
 
 def export_bundle(ckpt_path: Path, out: Path, data_dir: Path | None = None) -> Path:
