@@ -119,10 +119,9 @@ def vocab_lookups(
         Column -> dense ``code -> index`` array (:func:`lookup`), for :func:`code_expr`.
     """
     queries: dict[str, pl.LazyFrame] = {}
-    sizes: dict[str, int] = {}
+    sizes = code_counts(frames, list(vocabs))
     for col, vocab in vocabs.items():
         present = [f.select(col) for f in frames if col in f.columns]
-        sizes[col] = n_codes(present, col)
         if present:
             queries[col] = (
                 pl.concat(present)
@@ -137,6 +136,20 @@ def vocab_lookups(
     found = dict(zip(queries, pl.collect_all(list(queries.values())), strict=True))
     empty = pl.DataFrame(schema={CODE: pl.UInt32, INDEX: pl.Int32})
     return {col: lookup(found.get(col, empty), INDEX, sizes[col], c.OOV_INDEX) for col in vocabs}
+
+
+def code_counts(frames: Sequence[pl.DataFrame], cols: Sequence[str]) -> dict[str, int]:
+    """:func:`n_codes` of several columns at once (one pass per frame)."""
+    out = dict.fromkeys(cols, 0)
+    for f in frames:
+        present = [col for col in cols if col in f.columns]
+        if not present:
+            continue
+        top = f.select(pl.col(col).to_physical().max() for col in present).row(0)
+        for col, t in zip(present, top, strict=True):
+            if t is not None:
+                out[col] = max(out[col], int(t) + 1)
+    return out
 
 
 def n_codes(frames: Iterable[pl.DataFrame], col: str) -> int:

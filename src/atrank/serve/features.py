@@ -20,9 +20,11 @@ Shape glossary: R requests, N candidates (rows), T history window.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 from torch import Tensor
@@ -92,7 +94,10 @@ class Featurizer:
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.vocabs = {col: v.select("value", "index") for col, v in bundle.vocabs.items()}
-        self.user_index = bundle.users.select(C.USER, pl.col(C.USER_IDX).alias("__train_user"))
+        users = bundle.users
+        self.user_index = dict(
+            zip(users[C.USER].to_list(), users[C.USER_IDX].to_list(), strict=True)
+        )
 
     def requests(self, requests: pl.DataFrame) -> pl.DataFrame:
         """Checks and completes the request rows: dense request index, position, catalogue.
@@ -104,41 +109,52 @@ class Featurizer:
         for col in (C.USER, C.TS):
             if col not in requests.columns:
                 raise ValueError(f"requests: column {col!r} is missing")
-        df = requests.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_CAND))
-        if C.GROUP not in df.columns:
-            df = df.with_columns(pl.lit("item").alias(C.GROUP))
-        keys = [REQUEST_ID] if REQUEST_ID in df.columns else [C.USER, C.TS]
-        first = df.group_by(keys, maintain_order=True).agg(pl.col(C.USER).n_unique().alias("__u"))
-        if REQUEST_ID in df.columns:
-            per = df.group_by(REQUEST_ID).agg(pl.col(C.USER).n_unique(), pl.col(C.TS).n_unique())
+        keys = [REQUEST_ID] if REQUEST_ID in requests.columns else [C.USER, C.TS]
+        if REQUEST_ID in requests.columns:
+            per = requests.group_by(REQUEST_ID).agg(
+                pl.col(C.USER).n_unique(), pl.col(C.TS).n_unique()
+            )
             bad = per.filter((pl.col(C.USER) > 1) | (pl.col(C.TS) > 1))
             if bad.height:
                 raise ValueError(
                     f"requests: request_id {bad[REQUEST_ID][0]!r} has several user_id or ts values"
                 )
-        first = first.with_row_index(REQUEST_IDX).select(REQUEST_IDX, *keys)
-        df = df.join(first, on=keys, how="left", nulls_equal=True).sort(_CAND)
-        df = df.with_columns(
-            pl.int_range(pl.len(), dtype=pl.Int32).over(REQUEST_IDX).alias(POSITION),
-            pl.col(REQUEST_IDX).cast(pl.Int64),
+        row = pl.int_range(pl.len(), dtype=pl.Int64)
+        lf = _with_columns(requests, {C.GROUP: pl.String(), **EVENT_SCHEMA}).lazy()
+        lf = (
+            lf.with_columns(
+                row.alias(_CAND),
+                pl.col(C.GROUP).fill_null("item")
+                if C.GROUP not in requests.columns
+                else pl.col(C.GROUP),
+            )
+            # requests numbered in order of first appearance
+            .with_columns(
+                (pl.col(_CAND).min().over(keys).rank("dense") - 1).cast(pl.Int64).alias(REQUEST_IDX)
+            )
+            .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over(REQUEST_IDX).alias(POSITION))
         )
-        return self._from_catalogue(_with_columns(df, {**EVENT_SCHEMA}).drop(C.ACTION))
+        return self._from_catalogue(lf.drop(C.ACTION)).sort(_CAND).collect()
 
-    def _from_catalogue(self, df: pl.DataFrame) -> pl.DataFrame:
+    def _from_catalogue(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         """Fills a candidate's absent fields from the catalogue (given values win)."""
         for group, cat in self.bundle.catalogue.items():
             key, rest = cat.columns[0], cat.columns[1:]
-            known = cat.rename({f: f"__cat_{f}" for f in rest})
-            df = df.with_columns(pl.col(key).cast(pl.String)).join(known, on=key, how="left")
+            known = cat.lazy().rename({f: f"__cat_{f}" for f in rest})
             in_group = pl.col(C.GROUP) == group
-            df = df.with_columns(
-                pl.when(in_group & pl.col(f).is_null())
-                .then(pl.col(f"__cat_{f}"))
-                .otherwise(pl.col(f).cast(pl.String))
-                .alias(f)
-                for f in rest
-            ).drop([f"__cat_{f}" for f in rest])
-        return df.sort(_CAND)
+            lf = (
+                lf.with_columns(pl.col(key).cast(pl.String))
+                .join(known, on=key, how="left")
+                .with_columns(
+                    pl.when(in_group & pl.col(f).is_null())
+                    .then(pl.col(f"__cat_{f}"))
+                    .otherwise(pl.col(f).cast(pl.String))
+                    .alias(f)
+                    for f in rest
+                )
+                .drop([f"__cat_{f}" for f in rest])
+            )
+        return lf
 
     def __call__(self, events: pl.DataFrame, requests: pl.DataFrame) -> Features:
         """The model inputs of ``requests``, their histories read from ``events``.
@@ -194,15 +210,11 @@ class Featurizer:
         """One batch row per request: its history window, as training builds it."""
         R = hist.height  # noqa: N806 (shape names)
         zeros = torch.zeros(R, dtype=torch.int32)
-        train_user = (
-            hist.select(C.USER_IDX)
-            .join(
-                dense.select(C.USER_IDX, C.USER), on=C.USER_IDX, how="left", maintain_order="left"
-            )
-            .join(self.user_index, on=C.USER, how="left", maintain_order="left")
-        )
+        # the training user index (read by encoders with user vectors; 0 for a new user)
+        names = dense[C.USER].to_list()  # by dense user_idx
+        train_user = [self.user_index.get(names[i], 0) for i in hist[C.USER_IDX].to_list()]
         samples = SampleTable(
-            user=torch.from_numpy(train_user["__train_user"].fill_null(0).to_numpy()).long(),
+            user=torch.tensor(train_user, dtype=torch.long),
             ts=torch.from_numpy(hist[C.TS].to_numpy()).long(),
             group=zeros.to(torch.int8),
             fields={f: zeros for f in C.ID_FIELDS},
@@ -229,36 +241,26 @@ class Featurizer:
     ) -> tuple[pl.DataFrame, dict[str, Any]]:
         """The candidates' table with their flags, and the counts."""
         n_hist = (hist[C.HIST_END] - hist[C.HIST_START]).to_numpy()
-        has_history = pl.Series(n_hist[req[REQUEST_IDX].to_numpy()] > 0)
-        id_code = pl.lit(0, pl.Int32)
+        group = cand[C.GROUP_IDX].to_numpy()
+        ids = np.zeros(len(group), dtype=np.int64)
         for i, (_, fields) in enumerate(C.GROUP_FIELDS.items()):
-            id_code = pl.when(pl.col(C.GROUP_IDX) == i).then(pl.col(fields[0])).otherwise(id_code)
-        ids = coded.with_columns(cand[C.GROUP_IDX]).select(id_code.alias("id"))["id"]
-        reason = (
-            pl.when(pl.col("__g") < 0)
-            .then(pl.lit("unknown_group"))
-            .when(pl.col("__id") == C.PAD_INDEX)
-            .then(pl.lit("no_candidate_id"))
-            .when((pl.col("__id") == C.OOV_INDEX) & ~pl.col("__h"))
-            .then(pl.lit("unknown_candidate_and_no_history"))
-        )
+            ids = np.where(group == i, coded[fields[0]].to_numpy(), ids)
+        no_history = n_hist[req[REQUEST_IDX].to_numpy()] == 0
+        reason = np.full(len(group), None, dtype=object)
+        reason[(ids == C.OOV_INDEX) & no_history] = "unknown_candidate_and_no_history"
+        reason[ids == C.PAD_INDEX] = "no_candidate_id"
+        reason[group < 0] = "unknown_group"
         key = REQUEST_ID if REQUEST_ID in req.columns else REQUEST_IDX
-        flags = pl.DataFrame({"__g": cand[C.GROUP_IDX], "__id": ids, "__h": has_history})
-        table = pl.concat(
-            [
-                req.select(key, POSITION, C.USER, C.TS, C.GROUP, *C.ID_FIELDS),
-                flags.select(reason.alias("reason")),
-            ],
-            how="horizontal",
-        ).with_columns(pl.col("reason").is_null().alias("scorable"))
+        table = req.select(key, POSITION, C.USER, C.TS, C.GROUP, *C.ID_FIELDS).with_columns(
+            pl.Series("reason", reason.tolist(), dtype=pl.String),
+            pl.Series("scorable", [r is None for r in reason], dtype=pl.Boolean),
+        )
+        unscorable = collections.Counter(r for r in reason if r is not None)
         stats = {
             "requests": hist.height,
             "candidates": req.height,
-            "unscorable": int((~table["scorable"]).sum()),
-            "unscorable_by_reason": {
-                str(r): int(n)
-                for r, n in table.filter(~pl.col("scorable"))["reason"].value_counts().rows()
-            },
+            "unscorable": sum(unscorable.values()),
+            "unscorable_by_reason": dict(unscorable),
             "candidates_oov": int((ids == C.OOV_INDEX).sum()),
             "events_read": ev_all.height,
             "events_kept": ev.height,
