@@ -118,22 +118,32 @@ def vocab_lookups(
     Returns:
         Column -> dense ``code -> index`` array (:func:`lookup`), for :func:`code_expr`.
     """
-    queries: dict[str, pl.LazyFrame] = {}
+    column = "__column"
     sizes = code_counts(frames, list(vocabs))
-    for col, vocab in vocabs.items():
-        present = [f.select(col) for f in frames if col in f.columns]
-        if present:
-            queries[col] = (
-                pl.concat(present)
-                .lazy()
-                .drop_nulls()
-                .select(
-                    pl.col(col).cast(pl.String).alias(VALUE), pl.col(col).to_physical().alias(CODE)
-                )
-                .unique(CODE)
-                .join(vocab.lazy().select(VALUE, INDEX), on=VALUE, how="inner")
-            )
-    found = dict(zip(queries, pl.collect_all(list(queries.values())), strict=True))
+    # One query for every column: (column, value, code) of the new rows, matched by value.
+    seen = [
+        f.lazy().select(
+            pl.lit(col).alias(column),
+            pl.col(col).cast(pl.String).alias(VALUE),
+            pl.col(col).to_physical().cast(pl.UInt32).alias(CODE),
+        )
+        for f in frames
+        for col in vocabs
+        if col in f.columns
+    ]
+    known = pl.concat(
+        [v.lazy().select(pl.lit(col).alias(column), VALUE, INDEX) for col, v in vocabs.items()]
+    )
+    found: dict[str, pl.DataFrame] = {}
+    if seen:
+        matched = (
+            pl.concat(seen)
+            .drop_nulls(VALUE)
+            .unique([column, CODE])
+            .join(known, on=[column, VALUE], how="inner")
+            .collect()
+        )
+        found = {str(k[0]): v for k, v in matched.partition_by(column, as_dict=True).items()}
     empty = pl.DataFrame(schema={CODE: pl.UInt32, INDEX: pl.Int32})
     return {col: lookup(found.get(col, empty), INDEX, sizes[col], c.OOV_INDEX) for col in vocabs}
 

@@ -112,6 +112,7 @@ class ServeConfig:
         threads: torch intra-op threads per worker; None = all free cores.
     """
 
+    paths: PathsConfig = field(default_factory=PathsConfig)
     bundle: str = MISSING
     host: str = "127.0.0.1"
     port: int = 8000

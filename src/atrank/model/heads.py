@@ -96,6 +96,9 @@ class TaskHead(nn.Module):
         """
         if owner is None:
             return self.attention(target.unsqueeze(1), memory, memory_mask).squeeze(1)
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            # An exported graph cannot take the data-dependent layout below: gathered.
+            return self.attention(target.unsqueeze(1), memory, memory_mask, owner=owner).squeeze(1)
         B, d = target.shape  # noqa: N806 (shape names)
         U = memory.shape[0]  # noqa: N806 (shape names)
         counts = torch.bincount(owner, minlength=U)  # (U,)

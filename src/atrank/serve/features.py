@@ -168,13 +168,15 @@ class Featurizer:
             The :class:`Features`.
         """
         req = self.requests(requests)
-        users = req.select(pl.col(C.USER).cast(pl.String)).unique()
-        ev_in = _with_columns(events, EVENT_SCHEMA).filter(
-            pl.col(C.USER).cast(pl.String).is_in(users[C.USER].implode())
+        users = req.get_column(C.USER).cast(pl.String).unique().implode()
+        ev_lf = (
+            _with_columns(events, EVENT_SCHEMA)
+            .lazy()
+            .filter(pl.col(C.USER).cast(pl.String).is_in(users))
+            .select(list(EVENT_SCHEMA))
         )
-        ev_lf = ev_in.select(list(EVENT_SCHEMA)).lazy()
         ev_info = inspect_table(ev_lf, EVENTS)
-        cand_lf = req.select(C.USER, C.TS, C.GROUP, *C.ID_FIELDS).lazy()
+        cand_lf = req.lazy().select(C.USER, C.TS, C.GROUP, *C.ID_FIELDS)
         cand_info = TableInfo(SAMPLES, dict(cand_lf.collect_schema()))
         cols = dict.fromkeys([*categorical_columns(EVENTS), *categorical_columns(SAMPLES)])
         cats = {col: pl.Categories.random() for col in cols}
@@ -185,18 +187,22 @@ class Featurizer:
         lookups = vocab_lookups(self.vocabs, [ev, cand])
         dense = fit_users([ev.lazy(), cand.lazy()]).collect()
         lookups[C.USER] = lookup(dense, C.USER_IDX, n_codes([ev, cand], C.USER), -1)
-        timeline = sort_timeline(
-            ev.select(coded_exprs(lookups, with_action=True)).select(TIMELINE_COLUMNS)
+        coded_ev, coded = pl.collect_all(
+            [
+                ev.lazy().select(coded_exprs(lookups, with_action=True)).select(TIMELINE_COLUMNS),
+                cand.lazy()
+                .select(coded_exprs(lookups, with_action=False))
+                .with_columns(req.get_column(REQUEST_IDX)),
+            ]
         )
+        timeline = sort_timeline(coded_ev)
         offsets = user_offsets(dense.select(C.USER_IDX, C.USER), timeline.lazy())
-        coded = cand.select(coded_exprs(lookups, with_action=False))
         per_request = (
-            coded.select(C.USER_IDX, C.TS)
-            .with_columns(req[REQUEST_IDX])
+            coded.lazy()
+            .select(C.USER_IDX, C.TS, REQUEST_IDX)
             .unique(REQUEST_IDX, keep="first", maintain_order=True)
         )
-        hist = attach_history(per_request.lazy(), offsets, timeline.lazy()).collect()
-        hist = hist.sort(REQUEST_IDX)
+        hist = attach_history(per_request, offsets, timeline.lazy()).sort(REQUEST_IDX).collect()
         history = self._history_batch(timeline, hist, dense)
         target = {f: torch.from_numpy(coded[f].to_numpy()).long() for f in C.ID_FIELDS}
         group = torch.from_numpy(cand[C.GROUP_IDX].to_numpy()).long()
