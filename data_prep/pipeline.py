@@ -4,17 +4,19 @@ The data work lives in :mod:`data_prep.passes` (one scan per input, then integer
 memory); this module owns the API, the skip rule and the files (``meta.json`` through
 :class:`data_prep.meta.PreparedMeta`). Everything is written into
 a temporary directory inside ``out_dir`` and moved into place; ``meta.json`` is written
-last, so a directory with a ``meta.json`` is always complete.
+last, so a directory with a ``meta.json`` is always complete. The whole of it, from the skip
+check to the publication, holds the lock of ``out_dir`` (:mod:`data_prep.locks`), so
+processes preparing the same directory at once wait for one preparation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import tempfile
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ import polars as pl
 
 from data_prep import contract as c
 from data_prep.errors import PrepError
-from data_prep.meta import Counts, GroupInfo, PreparedMeta, TimeRule, read_meta
+from data_prep.locks import clean_stale, folder_lock, temp_dir
+from data_prep.meta import Counts, GroupInfo, PreparedMeta, TimeRule, file_records, read_meta
 from data_prep.passes.build import (
     EV,
     SM,
@@ -47,6 +50,9 @@ from data_prep.passes.validate import EVENTS, SAMPLES, TableInfo, drop_rules, in
 from data_prep.passes.vocab import ACTION_VOCAB, CODE
 
 __all__ = ["PrepConfig", "PrepError", "PrepResult", "fingerprint", "prepare", "up_to_date"]
+
+TMP_PREFIX = ".prep-tmp-"  # the temporary directories inside ``out_dir``
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -183,13 +189,32 @@ def prepare(
 
     Returns:
         The :class:`PrepResult`; ``skipped`` when ``out_dir`` already had a preparation with
-        the same fingerprint, schema version and config.
+        the same fingerprint, schema version and config, and intact files.
+
+    Raises:
+        PrepError: naming the table, file, column or row at fault, or the lock file of
+            ``out_dir`` when another process held it too long.
     """
     # (``fingerprint`` shadows the module function inside here; the API names it so.)
     cfg.validate()
     out_dir = Path(out_dir)
-    if not force and (done := up_to_date(out_dir, fingerprint, cfg)) is not None:
-        return done
+    with folder_lock(out_dir):  # (re-entered when called by prepare_from_config)
+        if not force and (done := up_to_date(out_dir, fingerprint, cfg)) is not None:
+            return done
+        return _prepare(events, samples, out_dir, cfg, source, fingerprint, split, extra_report)
+
+
+def _prepare(
+    events: pl.LazyFrame,
+    samples: pl.LazyFrame,
+    out_dir: Path,
+    cfg: PrepConfig,
+    source: dict[str, Any],
+    fp: str,
+    split: str,
+    extra_report: dict[str, Any] | None,
+) -> PrepResult:
+    """The work of :func:`prepare`, under the lock of ``out_dir``."""
     if split not in c.SPLIT_METHODS:
         raise PrepError(f"split: unknown method {split!r}; known: {list(c.SPLIT_METHODS)}")
     given = split == "leave_last_out"
@@ -218,16 +243,19 @@ def prepare(
     }
     if extra_report:
         report |= extra_report
-    meta = _meta(cfg, source, fingerprint, cut, fitted, samples_df, users, sm_info, report)
+    meta = _meta(cfg, source, fp, cut, fitted, samples_df, users, sm_info, report)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale(out_dir, TMP_PREFIX)  # left by killed runs (we hold the lock)
     # Invalidate an older preparation first: from here until the new meta.json lands, the
     # directory must not look finished.
     (out_dir / c.META_FILE).unlink(missing_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prep-tmp-", dir=out_dir))
+    tmp = temp_dir(out_dir, TMP_PREFIX)
     try:
         _write_files(tmp, fitted, timeline, users, samples_df)
         _write_json(tmp / c.REPORT_FILE, report)
+        # (hashed from the page cache, just written: ~0.1 s per 100 MB)
+        meta = replace(meta, files=file_records(tmp, _expected_files()))
         _publish(tmp, out_dir, meta)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -242,7 +270,13 @@ def _expected_files() -> list[str]:
 
 
 def up_to_date(out_dir: Path, fp: str, cfg: PrepConfig) -> PrepResult | None:
-    """The existing preparation when it matches (fingerprint, schema, config), else None."""
+    """The existing preparation when it matches and is intact, else None.
+
+    It matches with the same fingerprint, schema version and config; it is intact when every
+    file has the size and sha256 that ``meta.json`` records (hashing the directory once per
+    reuse: about 1 s per GB). A damaged one is logged (a warning naming the file) and
+    prepared again; one without the record (prepared by an older version) is prepared again.
+    """
     try:
         meta = read_meta(out_dir)
     except PrepError:
@@ -250,10 +284,15 @@ def up_to_date(out_dir: Path, fp: str, cfg: PrepConfig) -> PrepResult | None:
     # The config is compared too, in case the caller left it out of the fingerprint.
     if meta.fingerprint != fp or meta.prep_config != asdict(cfg):
         return None
-    if not all((out_dir / f).is_file() for f in _expected_files()):
-        return None
+    if sorted(meta.files) != sorted(_expected_files()):
+        _log.info("%s: no record of its files (an older version's): preparing it again", out_dir)
+        return None  # unverifiable: cannot be trusted
     try:
+        meta.check_files(out_dir, checksums=True)
         report = json.loads((out_dir / c.REPORT_FILE).read_text(encoding="utf-8"))
+    except PrepError as e:
+        _log.warning("%s; preparing it again", e)
+        return None
     except (OSError, json.JSONDecodeError):
         return None
     return PrepResult(out_dir, meta, report, skipped=True)

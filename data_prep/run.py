@@ -17,6 +17,10 @@ The source's skip counts and notes land in ``report.json`` (``source``) and ``me
 (``source``); the files it actually read (``AdapterResult.inputs``) are fingerprinted, so a
 changed input file prepares again. The skip rule is checked before any reading or
 simulating: an earlier preparation recorded its inputs in ``meta.json``.
+
+Processes that prepare the same target at once (two jobs on one cache, every rank of a
+``torchrun``) take turns on the target's lock (:mod:`data_prep.locks`), held from the skip
+check to the publication: one prepares, the others wait and then find it done.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import polars as pl
 
 from data_prep import contract as c
 from data_prep.errors import PrepError
+from data_prep.locks import folder_lock
 from data_prep.meta import read_meta
 from data_prep.passes.derive import DerivedTask, add_derived_labels, check_negatives
 from data_prep.pipeline import PrepConfig, PrepResult, fingerprint, prepare, up_to_date
@@ -62,7 +67,8 @@ def prepare_from_config(
         The preparation result (``skipped`` when the outputs were already there).
 
     Raises:
-        PrepError: naming ``dataset.<key>`` for a bad dataset config, or what failed later.
+        PrepError: naming ``dataset.<key>`` for a bad dataset config, the lock file when
+            another process prepared the same target for too long, or what failed later.
     """
     params = dict(dataset)
     name = params.pop("name", None)
@@ -78,46 +84,47 @@ def prepare_from_config(
     opts = _options(name, source, params)
     files = [opts[k] for k in source.files if opts.get(k) is not None]
     target = out_dir or cache_dir / "prepared" / f"{name}-{fingerprint(fp_config, files)[:16]}"
-    if not force and (done := _up_to_date(target, fp_config, files, prep)) is not None:
-        return done  # checked before reading the source: no simulation, no scan
-    extra = {"cache_dir": cache_dir} if source.needs_cache else {}
-    result = source.read(**opts, **extra)
-    inputs = _inputs(files, result.inputs)
-    report: dict[str, Any] = {
-        "adapter": name,
-        "skipped": dict(result.skipped),
-        "notes": list(result.notes),
-        "protocol": proto["protocol"],
-    }
-    if proto["protocol"] == NEXT_ITEM:
-        events, samples = _next_item(result, proto, derived, report)
-        split = "leave_last_out"
-    else:
-        events, samples = result.events, _own_samples(name, result, opts, derived)
-        split = "global_time_cut"
-        if derived:
-            proto["derive"] = fp_config["derive"]
-    info = {
-        "name": name,
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.items()},
-        "inputs": [p.resolve().as_posix() for p in inputs],
-        **proto,
-        "skipped": report["skipped"],
-        "notes": report["notes"],
-        **result.details,
-    }
-    fp = fingerprint(fp_config, inputs)
-    return prepare(
-        events,
-        samples,
-        target,
-        prep,
-        info,
-        fp,
-        force=force,
-        split=split,
-        extra_report={"source": report},
-    )
+    with folder_lock(target):
+        if not force and (done := _up_to_date(target, fp_config, files, prep)) is not None:
+            return done  # checked before reading the source: no simulation, no scan
+        extra = {"cache_dir": cache_dir} if source.needs_cache else {}
+        result = source.read(**opts, **extra)
+        inputs = _inputs(files, result.inputs)
+        report: dict[str, Any] = {
+            "adapter": name,
+            "skipped": dict(result.skipped),
+            "notes": list(result.notes),
+            "protocol": proto["protocol"],
+        }
+        if proto["protocol"] == NEXT_ITEM:
+            events, samples = _next_item(result, proto, derived, report)
+            split = "leave_last_out"
+        else:
+            events, samples = result.events, _own_samples(name, result, opts, derived)
+            split = "global_time_cut"
+            if derived:
+                proto["derive"] = fp_config["derive"]
+        info = {
+            "name": name,
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.items()},
+            "inputs": [p.resolve().as_posix() for p in inputs],
+            **proto,
+            "skipped": report["skipped"],
+            "notes": report["notes"],
+            **result.details,
+        }
+        fp = fingerprint(fp_config, inputs)
+        return prepare(
+            events,
+            samples,
+            target,
+            prep,
+            info,
+            fp,
+            force=True,  # (the skip rule was checked above, under this lock)
+            split=split,
+            extra_report={"source": report},
+        )
 
 
 def _protocol_settings(source: Source, params: dict[str, Any]) -> dict[str, Any]:

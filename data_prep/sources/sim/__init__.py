@@ -2,7 +2,10 @@
 
 The simulation is a pure function of its config, so it is stored under
 ``cache_dir/raw/sim-<key>`` (``key`` from the config alone) and generated only when that
-folder has no ``_SIMULATED`` marker (written last, so an interrupted run simulates again).
+folder has no ``_SIMULATED`` marker. It is generated into a private temporary folder
+(``.sim-<key>.tmp-<owner>``), marked, and renamed into place, all under the folder's lock
+(:mod:`data_prep.locks`): processes asking at once for the same simulation wait for one,
+and a folder in ``raw/`` is always complete.
 The modules, in the order the data flows: :mod:`~data_prep.sources.sim.config` (settings),
 :mod:`~data_prep.sources.sim.world` (catalogue and chunk state),
 :mod:`~data_prep.sources.sim.steps` (the vectorised steps) and
@@ -12,6 +15,7 @@ The modules, in the order the data flows: :mod:`~data_prep.sources.sim.config` (
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from data_prep.errors import PrepError
+from data_prep.locks import clean_stale, folder_lock, temp_dir
 from data_prep.pipeline import fingerprint
 from data_prep.sources.base import AdapterResult
 from data_prep.sources.sim.config import SimConfig, sim_config_from_dict
@@ -60,12 +65,31 @@ def read_sim(cache_dir: Path, **options: Any) -> AdapterResult:
     key = fingerprint(asdict(cfg), [])[:16]
     raw = Path(cache_dir) / "raw" / f"sim-{key}"
     if not (raw / SIMULATED).exists():
-        if raw.exists():
-            shutil.rmtree(raw)  # an interrupted earlier run
-        summary = simulate(cfg, raw)
-        (raw / SIMULATED).write_text(json.dumps(asdict(summary), default=str, indent=2))
+        with folder_lock(raw):
+            if not (raw / SIMULATED).exists():  # (another process may have made it meanwhile)
+                _generate(cfg, raw)
     return AdapterResult(
         events=pl.scan_parquet(raw / "events" / "*.parquet"),
         samples=pl.scan_parquet(raw / "samples" / "*.parquet"),
         details={"config": asdict(cfg), "raw_dir": str(raw)},
     )
+
+
+def _generate(cfg: SimConfig, raw: Path) -> None:
+    """Simulates into a private temporary folder, marks it finished, renames it to ``raw``.
+
+    Call it holding the lock of ``raw``.
+    """
+    prefix = f".{raw.name}.tmp-"
+    clean_stale(raw.parent, prefix)
+    if raw.exists():
+        # Unfinished, yet nobody writes there now: only a version of this code that simulated
+        # in place (and was interrupted) leaves such a folder.
+        shutil.rmtree(raw)
+    tmp = temp_dir(raw.parent, prefix)
+    try:
+        summary = simulate(cfg, tmp)
+        (tmp / SIMULATED).write_text(json.dumps(asdict(summary), default=str, indent=2))
+        os.replace(tmp, raw)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,7 @@ def _main(cfg: DictConfig) -> None:
 
     job = export_config(cfg)
     data_dir = Path(job.data_dir) if job.data_dir is not None else None
-    out = export_bundle(Path(job.ckpt_path), Path(job.out), data_dir=data_dir)
+    out = export_bundle(Path(job.ckpt_path), Path(job.out), data_dir=data_dir, onnx=job.onnx)
     print(f"bundle written to {out}")
 
 

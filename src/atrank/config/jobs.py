@@ -87,12 +87,14 @@ class ExportConfig:
         ckpt_path: a checkpoint written by ``atrank-train``.
         out: the bundle directory (replaced if it exists).
         data_dir: the prepared data it was trained on; None = the one it records.
+        onnx: also write the scoring graph as ``model.onnx`` (for ONNX Runtime).
     """
 
     paths: PathsConfig = field(default_factory=PathsConfig)
     ckpt_path: str = MISSING
     out: str = MISSING
     data_dir: str | None = None
+    onnx: bool = False
 
 
 @dataclass

@@ -15,7 +15,18 @@ from torch import Tensor
 
 from data_prep import contract as C
 from data_prep.errors import PrepError
-from data_prep.meta import PreparedMeta, read_meta
+from data_prep.meta import PreparedMeta, damaged, read_meta
+
+
+def _read_parquet(path: Path, meta: PreparedMeta | None = None) -> pl.DataFrame:
+    """Reads one prepared file; an unreadable one is a :class:`PrepError` naming it."""
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise damaged(path.parent, path.name, meta, "missing") from None
+        why = f"unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        raise damaged(path.parent, path.name, meta, why) from e
 
 
 def _tensor(df: pl.DataFrame, col: str, dtype: torch.dtype) -> Tensor:
@@ -46,9 +57,21 @@ class Timeline:
         return int(self.ts.shape[0])
 
     @classmethod
-    def read(cls, path: Path) -> Timeline:
-        """Reads ``timeline.parquet``."""
-        return cls.from_frame(pl.read_parquet(path))
+    def read(cls, path: Path, meta: PreparedMeta | None = None) -> Timeline:
+        """Reads ``timeline.parquet``.
+
+        Args:
+            path: the file.
+            meta: its directory's metadata: the row count is checked against it.
+
+        Raises:
+            PrepError: naming the file when it is unreadable or not this preparation's.
+        """
+        df = _read_parquet(path, meta)
+        if meta is not None and df.height != meta.counts.events:
+            why = f"{df.height} rows where {C.META_FILE} counts {meta.counts.events} events"
+            raise damaged(path.parent, path.name, meta, why)
+        return cls.from_frame(df)
 
     @classmethod
     def from_frame(cls, df: pl.DataFrame) -> Timeline:
@@ -112,19 +135,32 @@ class SampleTable:
         return int(self.ts.shape[0])
 
     @classmethod
-    def read(cls, path: Path, tasks: list[str] | dict[str, LabelSpec]) -> SampleTable:
+    def read(
+        cls,
+        path: Path,
+        tasks: list[str] | dict[str, LabelSpec],
+        meta: PreparedMeta | None = None,
+        n_timeline: int | None = None,
+    ) -> SampleTable:
         """Reads one ``samples_<split>.parquet`` keeping the given tasks' labels.
 
         Args:
             path: the split's file.
             tasks: task names, or task name -> :class:`LabelSpec` (label source and space).
+            meta: its directory's metadata, for messages naming the dataset.
+            n_timeline: rows of the timeline it points into: every history must end there.
 
         Raises:
-            PrepError: naming the file when it has no rows, lacks a task's label column, or a
-                task's sample space leaves it no row.
+            PrepError: naming the file when it is unreadable, has no rows, lacks a task's
+                label column, points past the timeline, or a task's sample space leaves it
+                no row.
         """
         specs = _specs(tasks)
-        df = pl.read_parquet(path)
+        df = _read_parquet(path, meta)
+        last = df.get_column(C.HIST_END).max() if C.HIST_END in df.columns else None
+        if n_timeline is not None and isinstance(last, int) and last > n_timeline:
+            why = f"histories end at row {last} of a {n_timeline}-row timeline"
+            raise damaged(path.parent, path.name, meta, why)
         if df.height == 0:
             raise PrepError(
                 f"{path}: the split is empty; re-run atrank-prep with other split fractions"
@@ -187,9 +223,11 @@ def read_prepared(
         ``(meta, timeline, {split: samples})``.
 
     Raises:
-        PrepError: naming the file or task at fault.
+        PrepError: naming the file or task at fault; a damaged file (resized, unreadable, or
+            from another preparation) also with the command that repairs it.
     """
     meta = read_meta(root)
+    meta.check_files(root)  # sizes only (a stat per file); a reused cache was hashed too
     known = sorted(meta.tasks)
     for task, spec in _specs(tasks).items():
         for src in sorted(spec.sources()):
@@ -198,6 +236,9 @@ def read_prepared(
                     f"{root / C.META_FILE}: the data has no labels {src!r} for task {task!r} "
                     f"(it has {known}); choose tasks with task=[...]"
                 )
-    timeline = Timeline.read(root / C.TIMELINE_FILE)
-    splits = {s: SampleTable.read(root / C.samples_file(s), tasks) for s in C.SPLITS}
+    timeline = Timeline.read(root / C.TIMELINE_FILE, meta)
+    splits = {
+        s: SampleTable.read(root / C.samples_file(s), tasks, meta, timeline.n_rows)
+        for s in C.SPLITS
+    }
     return meta, timeline, splits

@@ -10,6 +10,7 @@ Layout (``BUNDLE_VERSION`` 1)::
     catalogue/item.parquet, catalogue/coupon.parquet
                        each known object's fields as seen in the prepared data (the most
                        frequent value), so a request may name a candidate by its id alone
+    model.onnx         (atrank-export onnx=true) the scoring graph, for ONNX Runtime
 
 Loading a bundle needs neither Hydra nor Lightning: :func:`load_bundle`, then
 :meth:`Bundle.build_model`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,7 @@ def write_bundle(
     fingerprint: str,
     prepared: Path,
     metrics: dict[str, float] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Writes a bundle directory (replacing one that is there).
 
@@ -157,6 +160,8 @@ def write_bundle(
         fingerprint: the preparation fingerprint.
         prepared: the prepared-data directory (vocabularies, users, catalogue source).
         metrics: the training metrics to keep.
+        extra: writes more files into the bundle's folder before their checksums are taken
+            (e.g. ``model.onnx``).
 
     Returns:
         The bundle directory.
@@ -177,6 +182,8 @@ def write_bundle(
     (tmp / CATALOGUE_DIR).mkdir()
     for group, frame in catalogue_from_prepared(prepared).items():
         frame.write_parquet(tmp / CATALOGUE_DIR / f"{group}.parquet")
+    if extra is not None:
+        extra(tmp)
     doc = {
         "bundle_version": BUNDLE_VERSION,
         "schema_version": C.SCHEMA_VERSION,
