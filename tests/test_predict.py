@@ -238,7 +238,7 @@ def test_unscorable_rows_are_written_flagged_and_counted(
     assert written["unscorable"] == summary["unscorable"] and written["ranks"] == 1
 
 
-def test_malformed_request_rows_are_refused_naming_the_row(
+def test_scattered_requests_are_refused_and_rows_without_user_or_time_flagged(
     setup: dict[str, Any], run: Run, tmp_path: Path
 ) -> None:
     requests: pl.DataFrame = setup["requests"]
@@ -249,9 +249,22 @@ def test_malformed_request_rows_are_refused_naming_the_row(
     no_user = requests.with_columns(
         pl.when(pl.int_range(pl.len()) == 12).then(None).otherwise(pl.col(C.USER)).alias(C.USER)
     )
+    no_user = no_user.with_columns(
+        pl.when(pl.int_range(pl.len()) == 20)
+        .then(pl.lit("soon"))
+        .otherwise(pl.col(C.TS).cast(pl.String))
+        .alias(C.TS)
+    )
     no_user.write_csv(tmp_path / "no_user.csv")
-    with pytest.raises(PrepError, match="no_user.csv: row 12: user_id is null"):
-        run(f"out={tmp_path / 'y.parquet'}", "chunk_rows=5", requests=str(tmp_path / "no_user.csv"))
+    out = tmp_path / "y.parquet"
+    summary = run(f"out={out}", "chunk_rows=5", requests=str(tmp_path / "no_user.csv"))
+    scores = pl.read_parquet(out)
+    assert scores.height == requests.height  # every row written
+    flagged = scores.filter(pl.col("reason").is_in(["null_user_id", "null_ts"]))
+    assert flagged["reason"].to_list() == ["null_user_id", "null_ts"]
+    assert not flagged["scorable"].any() and flagged["p_click"].null_count() == 2
+    assert summary["unscorable_by_reason"]["null_user_id"] == 1
+    assert summary["unscorable_by_reason"]["null_ts"] == 1
 
 
 def test_every_rank_gets_a_step_and_chunks_are_dealt_in_turn(

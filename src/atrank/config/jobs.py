@@ -180,7 +180,7 @@ class PredictConfig:
         if self.top_k is not None and self.rank_by is None:
             raise SettingError("rank_by", "top_k needs rank_by: a task name or blend")
         if self.rank_by == "blend" and not self.blend:
-            raise SettingError("blend", "rank_by=blend needs blend weights, e.g. blend.click=1")
+            raise SettingError("blend", "rank_by=blend needs blend weights, e.g. +blend.click=1")
         if any(w < 0 for w in self.blend.values()):
             raise SettingError("blend", f"weights must be >= 0, got {dict(self.blend)}")
         if self.threads is not None and self.threads < 1:

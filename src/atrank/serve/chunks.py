@@ -257,16 +257,8 @@ class RequestChunks(IterableDataset[Chunk]):
         return features
 
     def _check_rows(self, rows: pl.DataFrame, first_row: int) -> None:
-        """Refuses a row without a user or time, and a request whose rows are apart (it
-        would be scored as two)."""
-        for col in (C.USER, C.TS):
-            nulls = rows.get_column(col).is_null()
-            if nulls.any():
-                row = first_row + int(nulls.arg_true()[0])
-                raise PrepError(
-                    f"requests {self.requests}: row {row}: {col} is null (or not an integer "
-                    "time); every request needs a user_id and a ts"
-                )
+        """Refuses a request whose rows are apart (it would be scored as two). (A row without
+        a user or a time is written unscored, flagged by the featurizer.)"""
         starts = _run_starts(rows, self.key)
         keys = rows.select(self.key)
         if len(starts) == keys.n_unique():

@@ -53,6 +53,8 @@ REQUEST_ID = "request_id"
 REQUEST_IDX = "__request"  # dense request index, in order of first appearance
 POSITION = "position"  # the candidate's position within its request
 _CAND = "__candidate"  # candidate row number in the input
+_BAD = "__bad_request"  # why a request row cannot be scored at all (null user or time)
+_NO_USER = "\x00no user"  # stands in for a null user_id (no event can carry it)
 
 
 @dataclass
@@ -133,6 +135,17 @@ class Featurizer:
                 (pl.col(_CAND).min().over(keys).rank("dense") - 1).cast(pl.Int64).alias(REQUEST_IDX)
             )
             .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over(REQUEST_IDX).alias(POSITION))
+            # A row without a user or a time is written, flagged, never scored: it gets a user
+            # no event can have and the earliest time, so it has no history.
+            .with_columns(
+                pl.when(pl.col(C.USER).is_null())
+                .then(pl.lit("null_user_id"))
+                .when(pl.col(C.TS).is_null())
+                .then(pl.lit("null_ts"))
+                .alias(_BAD),
+                pl.col(C.USER).cast(pl.String).fill_null(_NO_USER),
+                pl.col(C.TS).fill_null(0),
+            )
         )
         return self._from_catalogue(lf.drop(C.ACTION)).sort(_CAND).collect()
 
@@ -204,9 +217,9 @@ class Featurizer:
         )
         hist = attach_history(per_request, offsets, timeline.lazy()).sort(REQUEST_IDX).collect()
         history = self._history_batch(timeline, hist, dense)
-        target = {f: torch.from_numpy(coded[f].to_numpy()).long() for f in C.ID_FIELDS}
-        group = torch.from_numpy(cand[C.GROUP_IDX].to_numpy()).long()
-        owner = torch.from_numpy(req[REQUEST_IDX].to_numpy()).long()
+        target = {f: torch.tensor(coded[f].to_numpy(), dtype=torch.long) for f in C.ID_FIELDS}
+        group = torch.tensor(cand[C.GROUP_IDX].to_numpy(), dtype=torch.long)
+        owner = torch.tensor(req[REQUEST_IDX].to_numpy(), dtype=torch.long)
         candidates, stats = self._report(req, cand, coded, hist, ev_all, ev, dropped)
         return Features(history, target, group, owner, candidates, stats)
 
@@ -221,11 +234,11 @@ class Featurizer:
         train_user = [self.user_index.get(names[i], 0) for i in hist[C.USER_IDX].to_list()]
         samples = SampleTable(
             user=torch.tensor(train_user, dtype=torch.long),
-            ts=torch.from_numpy(hist[C.TS].to_numpy()).long(),
+            ts=torch.tensor(hist[C.TS].to_numpy()),
             group=zeros.to(torch.int8),
             fields={f: zeros for f in C.ID_FIELDS},
-            hist_start=torch.from_numpy(hist[C.HIST_START].to_numpy()).long(),
-            hist_end=torch.from_numpy(hist[C.HIST_END].to_numpy()).long(),
+            hist_start=torch.tensor(hist[C.HIST_START].to_numpy()),
+            hist_end=torch.tensor(hist[C.HIST_END].to_numpy()),
             labels={},
             prob={},
         )
@@ -256,8 +269,18 @@ class Featurizer:
         reason[(ids == C.OOV_INDEX) & no_history] = "unknown_candidate_and_no_history"
         reason[ids == C.PAD_INDEX] = "no_candidate_id"
         reason[group < 0] = "unknown_group"
+        bad = req.get_column(_BAD).to_numpy()
+        reason = np.where(bad != None, bad, reason)  # noqa: E711 (elementwise)
         key = REQUEST_ID if REQUEST_ID in req.columns else REQUEST_IDX
-        table = req.select(key, POSITION, C.USER, C.TS, C.GROUP, *C.ID_FIELDS).with_columns(
+        null_user = req.get_column(C.USER) == _NO_USER
+        table = req.select(
+            key,
+            POSITION,
+            pl.when(null_user).then(None).otherwise(pl.col(C.USER)).alias(C.USER),
+            pl.when(pl.col(_BAD) == "null_ts").then(None).otherwise(pl.col(C.TS)).alias(C.TS),
+            C.GROUP,
+            *C.ID_FIELDS,
+        ).with_columns(
             pl.Series("reason", reason.tolist(), dtype=pl.String),
             pl.Series("scorable", [r is None for r in reason], dtype=pl.Boolean),
         )
