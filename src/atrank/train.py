@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from atrank.build import build_system, make_datamodule, resolve_data_dir
-from atrank.config import plain, train_config
+from atrank.config import ConfigError, TrainConfig, plain, train_config
 from atrank.runtime import (
     collect_metrics,
     instantiate_all,
@@ -27,6 +29,44 @@ from atrank.runtime import (
 )
 from atrank.system.callbacks import PerTaskBest
 
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def resumed_run(folder: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The configuration of the run in ``folder``, set to continue from its last checkpoint.
+
+    The run goes on exactly as it was started: its stored configuration (not the command
+    line's), its output folder, its callbacks' state.
+
+    Raises:
+        ConfigError: naming the folder when it holds no ``checkpoints/last.ckpt``, or the
+            command line sets anything besides ``resume`` (and ``hydra.*``).
+    """
+    last = folder / "checkpoints" / LAST_CHECKPOINT
+    if not last.is_file():
+        raise ConfigError(
+            f"resume: no {last}: resume takes the folder of an atrank-train run that saved a "
+            "last checkpoint (callbacks.model_checkpoint.save_last, on by default; a run "
+            "killed before its first epoch ended has none)"
+        )
+    if HydraConfig.initialized():
+        extra = [
+            o
+            for o in HydraConfig.get().overrides.task
+            if not o.split("=", 1)[0].lstrip("+~").startswith(("resume", "hydra."))
+        ]
+        if extra:
+            raise ConfigError(
+                f"resume: continues {folder} as it was configured; drop the other overrides "
+                f"{extra} (or start a new run from its weights with ckpt_path={last})"
+            )
+    hp = read_checkpoint(last)["hyper_parameters"]
+    assert isinstance(hp, dict)
+    stored = dict(hp["run_config"])
+    run = train_config(OmegaConf.create(stored))
+    run.ckpt_path = str(last)
+    return run, stored
+
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Runs one training (and test) from a composed config.
@@ -35,6 +75,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         The flat metrics written to ``metrics.json``.
     """
     run = train_config(cfg)  # every value checked before any data is read
+    stored = plain(cfg)
+    if run.resume is not None:
+        run, stored = resumed_run(Path(run.resume))
     set_threads(run.threads, run.data.num_workers, procs_per_node(run.trainer))
     L.seed_everything(run.seed, workers=True)
 

@@ -16,7 +16,7 @@ The model's settings are :class:`atrank.model.ModelConfig`, the preparation's
 from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from atrank.config.convert import ConfigError, plain, typed_root
 from atrank.config.jobs import (
@@ -64,7 +64,11 @@ __all__ = [
 
 
 def register_configs() -> None:
-    """Registers the root schemas with Hydra's ConfigStore (idempotent)."""
+    """Registers the root schemas with Hydra's ConfigStore, and the resolvers the config
+    files use (idempotent)."""
+    OmegaConf.register_new_resolver(
+        "atrank_run_dir", lambda resume, fresh: str(resume) if resume else fresh, replace=True
+    )
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)

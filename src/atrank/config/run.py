@@ -159,7 +159,10 @@ class TrainConfig:
         compile: ``torch.compile`` the model: false, true (inductor) or a backend name.
         train: run training.
         test: test the best checkpoint after training.
-        ckpt_path: resume training from this checkpoint.
+        ckpt_path: start training from this checkpoint (weights, optimizer, loop state),
+            writing into a new run folder.
+        resume: a run folder of ``atrank-train``: continue that run from its
+            ``checkpoints/last.ckpt``, in that folder, with the configuration stored in it.
     """
 
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -180,8 +183,11 @@ class TrainConfig:
     train: bool = True
     test: bool = True
     ckpt_path: str | None = None
+    resume: str | None = None
 
     def __post_init__(self) -> None:
+        if self.resume is not None and self.ckpt_path is not None:
+            raise SettingError("resume", "give resume=<run folder> or ckpt_path, not both")
         if not self.task:
             raise SettingError("task", "selects no task: use e.g. task=[click,purchase,coupon]")
         if self.threads is not None and self.threads < 1:

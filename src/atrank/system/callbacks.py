@@ -41,6 +41,17 @@ class PerTaskBest(Callback):
             if self.dirpath is not None:
                 trainer.save_checkpoint(str(self.dirpath / f"best-{task}.ckpt"))
 
+    def state_dict(self) -> dict[str, object]:
+        """The best epoch and value of every task, kept in checkpoints (plain types), so that
+        a resumed run keeps comparing against them."""
+        return {"best": {t: [int(e), float(v)] for t, (e, v) in self.best.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        """Restores :meth:`state_dict` (a resumed run)."""
+        best = state_dict.get("best", {})
+        assert isinstance(best, dict)
+        self.best = {str(t): (int(e), float(v)) for t, (e, v) in best.items()}
+
     def summary(self) -> dict[str, float]:
         """``best/<task>/epoch`` and ``best/<task>/val_<metric>`` for every task seen."""
         out: dict[str, float] = {}
