@@ -206,3 +206,26 @@ def test_unknown_ids_and_bad_event_rows_are_counted_not_errors(trained: dict[str
     assert scores["reason"].to_list()[2:] == ["no_candidate_id", "unknown_candidate_and_no_history"]
     assert scores["p_click"][0] is not None and scores["p_click"][1] is not None
     assert scores["p_coupon"].null_count() == 4  # no coupon candidate can be scored
+
+
+def test_loading_a_bundle_and_scoring_needs_neither_hydra_nor_lightning(
+    trained: dict[str, Path],
+) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, polars as pl\n"
+        "from atrank.serve.predictor import Predictor\n"
+        f"p = Predictor({str(trained['bundle'])!r})\n"
+        "item = p.bundle.catalogue['item']['item_id'][0]\n"
+        "events = pl.DataFrame({'user_id': ['u'], 'ts': [1], 'group': ['item'],"
+        " 'action': ['click'], 'item_id': [item]})\n"
+        "requests = pl.DataFrame({'user_id': ['u'], 'ts': [2], 'item_id': [item]})\n"
+        "scores, _ = p.score(events, requests)\n"
+        "assert scores['p_click'][0] is not None\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'lightning',"
+        " 'pytorch_lightning'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
