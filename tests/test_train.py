@@ -364,3 +364,27 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(
     missing = tmp_path / "nowhere.ckpt"
     with pytest.raises(ConfigError, match="no checkpoint file"):
         evaluate(compose_cfg(f"ckpt_path={missing}", config_name="eval"))
+
+
+def test_the_value_a_sweeper_optimises_is_the_best_validation_monitor(
+    compose_cfg: Compose,
+) -> None:
+    from atrank.train import VAL_MONITOR
+
+    cfg = compose_cfg("task=[click,coupon]", "debug=limit", "data.batch_size=64")
+    cfg.trainer.max_epochs = 2
+    metrics = train(cfg)
+    last = torch.load(
+        Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt",
+        map_location="cpu",
+        weights_only=True,
+    )
+    (state,) = [
+        v
+        for k, v in last["callbacks"].items()
+        if k.startswith("ModelCheckpoint{'monitor': 'val/monitor'")
+    ]
+    assert metrics[VAL_MONITOR] == pytest.approx(float(state["best_model_score"]))
+    # the best of the two epochs' val/monitor, not a test figure
+    test_mean = (metrics["test/click/auc"] + metrics["test/coupon/auc"]) / 2
+    assert metrics[VAL_MONITOR] != pytest.approx(test_mean, abs=1e-9)

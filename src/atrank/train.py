@@ -30,6 +30,8 @@ from atrank.runtime import (
 from atrank.system.callbacks import PerTaskBest
 
 LAST_CHECKPOINT = "last.ckpt"
+#: metrics.json key of the best validation monitor: the value ``atrank-train -m`` returns.
+VAL_MONITOR = "best/val_monitor"
 
 
 def resumed_run(folder: Path) -> tuple[TrainConfig, dict[str, Any]]:
@@ -94,6 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     tasks = list(run.task)
+    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     if run.train:
         start = time.perf_counter()
         if run.ckpt_path is not None:
@@ -101,8 +104,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(system, datamodule=dm, ckpt_path=run.ckpt_path, weights_only=True)
         metrics["fit/seconds"] = time.perf_counter() - start
         metrics["fit/epochs"] = float(trainer.current_epoch)
+        # What a sweeper optimises: the best validation monitor (the last one without a
+        # checkpoint callback), never a test metric.
+        score = ckpt.best_model_score if ckpt is not None else None
+        if score is None:
+            score = trainer.callback_metrics.get("val/monitor")
+        if score is not None:
+            metrics[VAL_MONITOR] = float(score)
     if run.test:  # the best checkpoint on val/monitor
-        ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         trainer.test(system, datamodule=dm, ckpt_path=best, weights_only=True)
         metrics.update(collect_metrics(trainer.callback_metrics, tasks))
