@@ -101,6 +101,8 @@ def test_o2o_real_sample() -> None:
     df = events_of(result)
     # 113,640 rows, none without a coupon or otherwise skipped in this file.
     assert df.height == 113_640 - sum(result.skipped.values()) and result.skipped == {}
+    # its exact repeats (one coupon received twice the same day) are kept, and counted
+    assert any("837 row(s) repeat an earlier row exactly" in n for n in result.notes)
     assert result.samples is None and any("no Date column" in n for n in result.notes)
     assert set(df[C.ACTION]) == {"receive"} and set(df[C.GROUP]) == {"coupon"}
     assert df[C.COUPON].null_count() == 0 and df[C.ITEM].null_count() == df.height
@@ -298,9 +300,9 @@ def test_movielens_1m_layout_and_bad_values(tmp_path: Path) -> None:
     ]
     write(tmp_path / "ratings.dat", "1::10::five::978300760\n1::20::2::97830076x\n")
     raises_at("movielens", tmp_path, 1, "bad_rating")
-    result = ADAPTERS["movielens"](tmp_path, on_error="skip")
-    assert result.skipped == {"bad_rating": 1, "bad_timestamp": 1}
-    assert events_of(result).height == 0
+    # every line skipped: the file is refused, with the counts (not "no usable rows" later)
+    with pytest.raises(AdapterError, match=r"ratings.dat: no usable line: all 2 data lines"):
+        ADAPTERS["movielens"](tmp_path, on_error="skip")
 
 
 def test_movielens_recbole_header_and_layout_errors(tmp_path: Path) -> None:

@@ -140,3 +140,31 @@ def test_eval_metrics_identical_with_one_and_two_processes(tmp_path: Path) -> No
     assert set(one) == set(two) and len(one) >= 9
     for key in one:
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_optuna_search_selects_on_the_validation_monitor(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optuna sweeper not installed")
+    import yaml
+
+    r = _run(
+        [
+            "atrank-train",
+            "-m",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "debug=fdr",
+            "logger=none",
+            "threads=1",
+            *TINY_SIM,
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+        tmp_path / "cache",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    trials = [json.loads((tmp_path / "sweep" / j / "metrics.json").read_text()) for j in "01"]
+    assert result["best_value"] == pytest.approx(max(t["best/val_monitor"] for t in trials))
+    assert {"optimizer.lr", "model.d_model", "model.dropout", "model.l2_weight"} <= set(
+        result["best_params"]
+    )

@@ -18,11 +18,14 @@ LAST element of the LAST category path (as the ATRank/DIN preprocessing), ``bran
 
 Policy (see :mod:`data_prep.sources.base`): a missing file, or a folder without exactly one
 reviews file -> :class:`AdapterError`. Row-level problems, raised with file and line or
-counted with ``on_error="skip"``: in reviews ``malformed_line`` (not a JSON object, or a
-field of the wrong type), ``missing_id`` (no ``reviewerID``/``asin``), ``bad_timestamp``;
-in metadata ``meta_malformed_line``, ``meta_missing_id`` (no ``asin``) and
-``meta_duplicate_id`` (a repeated ``asin``: the first line is kept). Blank lines are dropped
-and counted (``blank_line``, ``meta_blank_line``) in both modes.
+counted with ``on_error="skip"``: in reviews ``bad_encoding`` (not UTF-8),
+``malformed_line`` (not a JSON object, or a field of the wrong type), ``missing_id`` (no
+``reviewerID``/``asin``), ``bad_timestamp``; in metadata ``meta_bad_encoding``,
+``meta_malformed_line``, ``meta_missing_id`` (no ``asin``) and ``meta_duplicate_id`` (a
+repeated ``asin``: the first line is kept). Blank lines are dropped and counted
+(``blank_line``, ``meta_blank_line``) in both modes, and so are repeated reviews
+(``duplicate_row``: the same ``reviewerID``, ``asin`` and ``unixReviewTime`` as an earlier
+line), with a note.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from data_prep.sources.base import (
     OnError,
     apply_checks,
     check_on_error,
+    duplicate_check,
+    duplicate_notes,
+    encoding_check,
     missing_check,
     parse_ts,
     require_file,
@@ -95,10 +101,12 @@ def find_amazon_files(
 def _read_reviews(file: Path, on_error: OnError, skipped: Counter[str]) -> pl.LazyFrame:
     rows = read_json_lines(file, REVIEW_FIELDS).lazy()
     checks = [
+        encoding_check(quote=False),
         Check(BLANK_LINE, pl.col(BLANK), pl.lit("blank line")),
         Check("malformed_line", pl.col(BAD).is_not_null(), pl.col(BAD)),
         missing_check({"reviewerID": pl.col("reviewerID"), "asin": pl.col("asin")}),
         ts_check(pl.col("unixReviewTime"), "unixReviewTime"),
+        duplicate_check([pl.col(name) for name in REVIEW_FIELDS]),
     ]
     return apply_checks(rows, checks, file, on_error, skipped)
 
@@ -117,6 +125,7 @@ def read_amazon_meta(file: Path, on_error: OnError, skipped: Counter[str]) -> pl
     rows = read_json_lines(file, META_FIELDS, python_literals=True).lazy()
     asin = pl.col("asin").str.strip_chars()
     checks = [
+        encoding_check("meta_bad_encoding", quote=False),
         Check("meta_" + BLANK_LINE, pl.col(BLANK), pl.lit("blank line")),
         Check("meta_malformed_line", pl.col(BAD).is_not_null(), pl.col(BAD)),
         Check("meta_missing_id", asin.is_null() | (asin == ""), pl.lit("missing asin")),
@@ -162,7 +171,10 @@ def read_amazon_reviews(
     reviews_file, meta_file = find_amazon_files(path, reviews, meta)
     skipped: Counter[str] = Counter()
     rows = _read_reviews(reviews_file, on_error, skipped)
-    notes = ["amazon_reviews: category = last element of the last category path"]
+    notes = [
+        "amazon_reviews: category = last element of the last category path",
+        *duplicate_notes("amazon_reviews", skipped),
+    ]
     inputs = [reviews_file]
     if meta_file is not None:
         items = read_amazon_meta(meta_file, on_error, skipped)

@@ -29,9 +29,11 @@ Events: group ``item``, action ``review`` (as :mod:`~data_prep.sources.amazon_re
 review in a 5-core set stands for a purchase).
 
 Policy (see :mod:`data_prep.sources.base`): a missing file, a folder without one ``*.txt``,
-or an attribute file that is not a JSON object of lists -> :class:`AdapterError`. A line
-with a user but no item is ``malformed_line`` (raised with file and line, or counted with
-``on_error="skip"``); blank lines are dropped and counted as ``blank_line``. Items without
+or an attribute file that is not a UTF-8 JSON object of lists -> :class:`AdapterError`. A line
+with a user but no item is ``malformed_line``, a line that is not UTF-8 ``bad_encoding``
+(raised with file and line, or counted with ``on_error="skip"``); blank lines
+(``blank_line``) and exact repeats of an earlier line (``duplicate_row``, the same user and
+items: one user's sequence read twice) are dropped and counted in both modes. Items without
 attributes keep null category and brand; a note counts the attribute items lacking either.
 """
 
@@ -54,6 +56,9 @@ from data_prep.sources.base import (
     apply_checks,
     blank_check,
     check_on_error,
+    duplicate_check,
+    duplicate_notes,
+    encoding_check,
     require_file,
     scan_text_lines,
     to_events,
@@ -95,10 +100,18 @@ def read_item_attributes(file: Path, order: AttributeOrder = "brand_first") -> p
     Raises:
         AdapterError: when the file is not a JSON object of lists.
     """
+    data = require_file(file, "item2attributes JSON").read_bytes()
     try:
-        raw = json.loads(require_file(file, "item2attributes JSON").read_text())
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise AdapterError(f"{file}: line {line}: bad_encoding: not valid UTF-8") from None
+    try:
+        raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise AdapterError(f"{file}: line {e.lineno}: malformed_json: {e.msg}") from None
+    except (RecursionError, ValueError) as e:  # nested too deep, a number too long
+        raise AdapterError(f"{file}: malformed_json: {str(e)[:80]}") from None
     if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
         raise AdapterError(f"{file}: expected a JSON object of item id -> list of attribute ids")
     attrs = pl.DataFrame(
@@ -145,12 +158,14 @@ def read_amazon_seq(
     tokens = pl.col(TEXT).str.extract_all(r"\S+")
     lines = scan_text_lines(seq_file).with_columns(tokens.alias("_tokens"))
     checks = [
+        encoding_check(),
         blank_check(),
         Check(
             "malformed_line",
             pl.col("_tokens").list.len() < 2,
             pl.format("expected 'user item [item ...]', got '{}'", pl.col(TEXT)),
         ),
+        duplicate_check([pl.col("_tokens")]),
     ]
     skipped: Counter[str] = Counter()
     kept = apply_checks(lines, checks, seq_file, on_error, skipped)
@@ -164,6 +179,7 @@ def read_amazon_seq(
     notes = [
         "amazon_seq: no timestamps: ts = position in the user's sequence (0, 1, 2, ...); "
         "time-gap buckets carry no information",
+        *duplicate_notes("amazon_seq", skipped),
     ]
     inputs = [seq_file]
     if attr_file is not None:

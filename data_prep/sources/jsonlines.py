@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from data_prep.sources.base import LINE, TEXT, scan_text_lines
+from data_prep.sources.base import LINE, NOT_UTF8, TEXT, scan_text_lines
 
 BAD = "_bad"  # why a line could not be read (String), null when it could
 BLANK = "_blank"  # Boolean: the line is empty
@@ -68,8 +68,8 @@ def _slow(lines: pl.DataFrame, fields: dict[str, pl.DataType], literal: bool) ->
             cols[name].append(values[name] if why is None else None)
         bad.append(why)
     return pl.DataFrame(
-        {LINE: lines[LINE], **cols, BAD: bad},
-        schema={LINE: lines.schema[LINE], **fields, BAD: pl.String()},
+        {LINE: lines[LINE], NOT_UTF8: lines[NOT_UTF8], **cols, BAD: bad},
+        schema={LINE: lines.schema[LINE], NOT_UTF8: pl.Boolean(), **fields, BAD: pl.String()},
     )
 
 
@@ -85,7 +85,8 @@ def read_json_lines(
         python_literals: also read lines written as Python literals (``{'asin': ...}``).
 
     Returns:
-        One row per line, in file order: :data:`LINE`, the fields, :data:`BLANK` and
+        One row per line, in file order: :data:`LINE`, :data:`NOT_UTF8` (see
+        :func:`~data_prep.sources.base.scan_text_lines`), the fields, :data:`BLANK` and
         :data:`BAD` (why the line is unreadable, else null).
     """
     stripped = pl.col(TEXT).str.strip_chars()
@@ -96,18 +97,18 @@ def read_json_lines(
     body = lines.filter(~pl.col(BLANK) & ~pl.col("_literal"))
     try:
         parsed = (
-            body.select(LINE, pl.col(TEXT).str.json_decode(pl.Struct(fields)).alias("_s"))
+            body.select(LINE, NOT_UTF8, pl.col(TEXT).str.json_decode(pl.Struct(fields)).alias("_s"))
             .unnest("_s")
             .with_columns(pl.lit(None, pl.String).alias(BAD))
             .collect()
         )
-    except pl.exceptions.ComputeError:
-        parsed = _slow(body.select(LINE, TEXT).collect(), fields, literal=False)
+    except pl.exceptions.PolarsError:  # (a ShapeError on some unfinished objects)
+        parsed = _slow(body.select(LINE, NOT_UTF8, TEXT).collect(), fields, literal=False)
     parts = [parsed]
-    literal_lines = lines.filter(pl.col("_literal")).select(LINE, TEXT).collect()
+    literal_lines = lines.filter(pl.col("_literal")).select(LINE, NOT_UTF8, TEXT).collect()
     if literal_lines.height:
         parts.append(_slow(literal_lines, fields, literal=True))
-    blank = lines.filter(pl.col(BLANK)).select(LINE).collect()
+    blank = lines.filter(pl.col(BLANK)).select(LINE, NOT_UTF8).collect()
     out = pl.concat(parts, how="vertical").with_columns(pl.lit(False).alias(BLANK))
     blank_rows = blank.with_columns(
         *(pl.lit(None, dtype).alias(name) for name, dtype in fields.items()),

@@ -17,13 +17,15 @@ Movie files of the original sets are Latin-1: they are decoded as UTF-8 when val
 Latin-1 (only ids and genres are used).
 
 Policy (see :mod:`data_prep.sources.base`): no rating file, two layouts in one folder, or a
-RecBole header without ``user_id``/``item_id``/``rating``/``timestamp`` ->
+RecBole header without ``user_id``/``item_id``/``rating``/``timestamp`` (or not UTF-8) ->
 :class:`AdapterError`. A missing movie file gives null categories and a note. Row-level
 problems in the rating file, raised with file and line or counted with ``on_error="skip"``:
-``malformed_line`` (wrong field count), ``missing_id``, ``bad_rating`` (not a number),
-``bad_timestamp`` (not integral unix seconds in the sane range of
-:data:`~data_prep.sources.base.TS_MIN`). In the movie file, a wrong field count or an empty
-id is ``meta_malformed_line``, a repeated id ``meta_duplicate_id`` (first kept).
+``bad_encoding`` (not UTF-8), ``malformed_line`` (wrong field count), ``missing_id``,
+``bad_rating`` (not a number), ``bad_timestamp`` (not integral unix seconds in the sane range
+of :data:`~data_prep.sources.base.TS_MIN`); exact duplicate rating lines (``duplicate_row``,
+the same four values as an earlier line) are dropped and counted in both modes, with a note.
+In the movie file, a wrong field count or an empty id is ``meta_malformed_line``, a repeated
+id ``meta_duplicate_id`` (first kept).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Literal
 import polars as pl
 
 from data_prep.sources.base import (
-    LINE,
+    NOT_UTF8,
     TEXT,
     AdapterError,
     AdapterResult,
@@ -44,9 +46,13 @@ from data_prep.sources.base import (
     apply_checks,
     blank_check,
     check_on_error,
+    duplicate_check,
+    duplicate_notes,
+    encoding_check,
     field_count_check,
     missing_check,
     parse_ts,
+    scan_text_lines,
     to_events,
     ts_check,
 )
@@ -110,33 +116,20 @@ def _detect(path: Path, layout: Layout) -> tuple[str, Path, Path]:
     return name, ratings, movies
 
 
-def _lines(file: Path, text: bool) -> pl.LazyFrame:
-    """Lines with numbers; ``text=True`` decodes Latin-1 files (small movie files only)."""
-    if text:
-        raw = file.read_bytes()
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raw = raw.decode("latin-1").encode("utf-8")
-        source: Path | bytes = raw
-    else:
-        source = file
-    frame = pl.scan_lines(source, name=TEXT).with_row_index(LINE, offset=1)
-    return frame.with_columns(pl.col(TEXT).str.strip_suffix("\r"))
-
-
-def _recbole_header(file: Path) -> list[str]:
-    first = pl.scan_lines(file, name=TEXT, n_rows=1).collect()
+def _recbole_header(file: Path, lines: pl.LazyFrame) -> list[str]:
+    first = lines.head(1).collect()
+    if first.height and first[NOT_UTF8][0]:
+        raise AdapterError(f"{file}: line 1: bad_encoding: the header is not valid UTF-8")
     header = str(first[TEXT][0]) if first.height else ""
-    return [c.split(":")[0].strip() for c in header.rstrip("\r\n").split("\t")]
+    return [c.split(":")[0].strip() for c in header.split("\t")]
 
 
 def _ratings(layout: str, file: Path, on_error: OnError, skipped: Counter[str]) -> pl.LazyFrame:
     sep = {"100k": "\t", "1m": "::", "recbole": "\t"}[layout]
     names: list[str] = list(_RATING_COLS)
-    lines = _lines(file, text=False)
+    lines = scan_text_lines(file)
     if layout == "recbole":
-        names = _recbole_header(file)
+        names = _recbole_header(file, lines)
         missing = [c for c in _RATING_COLS if c not in names]
         if missing:
             raise AdapterError(f"{file}: header lacks column(s) {missing}; found {names}")
@@ -148,11 +141,13 @@ def _ratings(layout: str, file: Path, on_error: OnError, skipped: Counter[str]) 
     )
     rating = pl.col("rating").cast(pl.Float64, strict=False)
     checks = [
+        encoding_check(),
         blank_check(),
         field_count_check(parts, len(names), sep),
         missing_check({"user_id": pl.col("user_id"), "item_id": pl.col("item_id")}),
         Check("bad_rating", rating.is_null(), pl.format("rating '{}'", pl.col("rating"))),
         ts_check(pl.col("timestamp")),
+        duplicate_check([pl.col(c) for c in _RATING_COLS]),
     ]
     kept = apply_checks(rows, checks, file, on_error, skipped)
     return kept.with_columns(rating.alias("rating"), parse_ts(pl.col("timestamp")).alias("ts"))
@@ -160,7 +155,7 @@ def _ratings(layout: str, file: Path, on_error: OnError, skipped: Counter[str]) 
 
 def _movies(layout: str, file: Path, on_error: OnError, skipped: Counter[str]) -> pl.LazyFrame:
     """Item id and first genre per movie (``meta_*`` reasons in ``skipped``)."""
-    lines = _lines(file, text=True)
+    lines = scan_text_lines(file, fallback_encoding="latin-1")  # (the original files)
     if layout == "100k":
         n = 5 + len(GENRES_100K)
         parts = pl.col(TEXT).str.split(pl.lit("|"))
@@ -175,7 +170,7 @@ def _movies(layout: str, file: Path, on_error: OnError, skipped: Counter[str]) -
         bad = parts.list.len() != n
         genre = parts.list.last().str.split("|").list.first()
     else:
-        names = _recbole_header(file)
+        names = _recbole_header(file, lines)
         col = next((c for c in ("class", "genre") if c in names), None)
         if "item_id" not in names or col is None:
             raise AdapterError(f"{file}: header lacks item_id or class/genre; found {names}")
@@ -229,7 +224,10 @@ def read_movielens(
     name, ratings_file, movies_file = _detect(Path(path), layout)
     skipped: Counter[str] = Counter()
     rows = _ratings(name, ratings_file, on_error, skipped)
-    notes = [f"movielens: layout {name}, category = first genre"]
+    notes = [
+        f"movielens: layout {name}, category = first genre",
+        *duplicate_notes("movielens", skipped),
+    ]
     inputs = [ratings_file]
     if movies_file.is_file():
         movies = _movies(name, movies_file, on_error, skipped)

@@ -24,13 +24,18 @@ share of the competition's coupons: ``off_00_05`` [0, 5%), ``off_05_10`` [5, 10%
 ``off_10_15`` [10, 15%), ``off_15_25`` [15, 25%), ``off_25_up`` [25%, 100%). ``null`` gives a
 null level.
 
-Policy (see :mod:`data_prep.sources.base`): a missing file or required column ->
-:class:`AdapterError`. Rows with ``Coupon_id`` null are plain purchases without a coupon:
-dropped and counted as ``no_coupon`` in both modes. Row-level problems, raised with file and
-line or (``on_error="skip"``) counted: ``malformed_line`` (wrong field count),
-``missing_id`` (empty user or merchant), ``bad_discount`` (unparseable, rate outside (0, 1],
-or threshold <= 0 / off outside (0, threshold)), ``bad_timestamp`` (``Date_received`` or
-``Date`` not a valid ``yyyymmdd``, or ``Date`` before ``Date_received``).
+Policy (see :mod:`data_prep.sources.base`): a missing file or required column (a leading
+byte-order mark is ignored), or a header that is not UTF-8 -> :class:`AdapterError`. Rows
+with ``Coupon_id`` null are plain purchases without a coupon: dropped and counted as
+``no_coupon`` in both modes. Rows that repeat an earlier row exactly are kept (the same
+coupon received twice on one day: the competition's data has such repeats, e.g. 837 in the
+stage-1 test file, and counts them as receipts), and a note says how many.
+Row-level problems, raised with file and line or (``on_error="skip"``) counted:
+``bad_encoding`` (not UTF-8), ``malformed_line`` (wrong field count), ``missing_id`` (empty
+user or merchant), ``bad_discount`` (unparseable, rate outside (0, 1], or threshold <= 0 /
+off outside (0, threshold)), ``bad_timestamp`` (``Date_received`` or ``Date`` not a valid
+``yyyymmdd`` in the sane range of :data:`~data_prep.sources.base.TS_MIN` (1990 to 2039),
+or ``Date`` before ``Date_received``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ from data_prep import contract as C
 from data_prep.schema import SAMPLE_BASE_SCHEMA
 from data_prep.sources.base import (
     BLANK_LINE,
+    NOT_UTF8,
     TEXT,
+    TS_MAX,
+    TS_MIN,
     AdapterError,
     AdapterResult,
     Check,
@@ -52,6 +60,8 @@ from data_prep.sources.base import (
     apply_checks,
     blank_check,
     check_on_error,
+    count_duplicates,
+    encoding_check,
     field_count_check,
     missing_check,
     null_str,
@@ -64,6 +74,7 @@ TASK = "coupon"
 NO_COUPON = "no_coupon"
 USE_WINDOW_DAYS = 15
 REQUIRED = ("User_id", "Merchant_id", "Coupon_id", "Discount_rate", "Date_received")
+_KNOWN = (*REQUIRED, "Distance", "Date")  # the columns read (others are ignored)
 #: (lower bound of the fraction off, level name), ascending.
 DISCOUNT_BINS: tuple[tuple[float, str], ...] = (
     (0.0, "off_00_05"),
@@ -101,25 +112,35 @@ def discount_level(raw: pl.Expr) -> pl.Expr:
 
 
 def _day_ts(raw: pl.Expr) -> pl.Expr:
-    """Unix seconds of a ``yyyymmdd`` day at 00:00 UTC; null when not a valid date."""
+    """Unix seconds of a ``yyyymmdd`` day at 00:00 UTC; null when not a valid date in
+    ``[TS_MIN, TS_MAX)``."""
     day = raw.str.strptime(pl.Date, "%Y%m%d", strict=False)
-    return pl.when(raw.str.len_chars() == 8).then(day.cast(pl.Int64) * _DAY)
+    ts = day.cast(pl.Int64) * _DAY
+    return pl.when((raw.str.len_chars() == 8) & ts.is_between(TS_MIN, TS_MAX, closed="left")).then(
+        ts
+    )
 
 
-def _header(file: Path) -> list[str]:
-    first = pl.scan_lines(file, name=TEXT, n_rows=1).collect()
+def _header(file: Path, lines: pl.LazyFrame) -> list[str]:
+    first = lines.head(1).collect()
     if first.height == 0:
         raise AdapterError(f"{file}: empty file, expected a header with {list(REQUIRED)}")
-    columns = [c.strip() for c in str(first[TEXT][0]).strip("\r\n").split(",")]
+    if first[NOT_UTF8][0]:
+        raise AdapterError(f"{file}: line 1: bad_encoding: the header is not valid UTF-8")
+    columns = [c.strip() for c in str(first[TEXT][0]).split(",")]
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise AdapterError(f"{file}: header lacks column(s) {missing}; found {columns}")
+    repeated = sorted({c for c in columns if columns.count(c) > 1 and c in _KNOWN})
+    if repeated:
+        raise AdapterError(f"{file}: header repeats column(s) {repeated}")
     return columns
 
 
 def _checks(parts: pl.Expr, n_fields: int, has_date: bool) -> list[Check]:
     rate_given = pl.col("Discount_rate").is_not_null()
     checks = [
+        encoding_check(),
         blank_check(),
         field_count_check(parts, n_fields, ","),
         missing_check({"User_id": pl.col("User_id"), "Merchant_id": pl.col("Merchant_id")}),
@@ -136,7 +157,7 @@ def _checks(parts: pl.Expr, n_fields: int, has_date: bool) -> list[Check]:
             "bad_timestamp",
             pl.col("_recv").is_null(),
             pl.format(
-                "Date_received '{}' is not a yyyymmdd date",
+                "Date_received '{}' is not a yyyymmdd date from 1990 to 2039",
                 pl.col("Date_received").fill_null("null"),
             ),
         ),
@@ -148,7 +169,8 @@ def _checks(parts: pl.Expr, n_fields: int, has_date: bool) -> list[Check]:
                 pl.col("Date").is_not_null()
                 & (pl.col("_used").is_null() | (pl.col("_used") < pl.col("_recv"))),
                 pl.format(
-                    "Date '{}' is not a yyyymmdd date on or after Date_received '{}'",
+                    "Date '{}' is not a yyyymmdd date (1990 to 2039) on or after "
+                    "Date_received '{}'",
                     pl.col("Date"),
                     pl.col("Date_received"),
                 ),
@@ -172,15 +194,17 @@ def read_o2o(path: Path, *, on_error: OnError = "raise") -> AdapterResult:
     """
     check_on_error(on_error)
     file = require_file(Path(path), "O2O coupon CSV")
-    columns = _header(file)
+    lines = scan_text_lines(file)
+    columns = _header(file, lines)
     has_date = "Date" in columns
     parts = pl.col(TEXT).str.split_exact(",", len(columns))
     value = {
-        name: parts.struct.field(f"field_{i}").str.strip_chars() for i, name in enumerate(columns)
+        name: parts.struct.field(f"field_{i}").str.strip_chars()
+        for i, name in enumerate(columns)
+        if name in _KNOWN
     }
     rows = (
-        scan_text_lines(file)
-        .slice(1)
+        lines.slice(1)
         .with_columns(pl.when(~e.is_in(["null", ""])).then(e).alias(n) for n, e in value.items())
         .with_columns(_day_ts(pl.col("Date_received")).alias("_recv"))
         .with_columns((_day_ts(pl.col("Date")) if has_date else null_str()).alias("_used"))
@@ -201,6 +225,12 @@ def read_o2o(path: Path, *, on_error: OnError = "raise") -> AdapterResult:
         "o2o: Distance is not used; discount levels by fraction off: "
         + ", ".join(name for _, name in DISCOUNT_BINS),
     ]
+    repeats = count_duplicates(kept, [parts])
+    if repeats:
+        notes.append(
+            f"o2o: {repeats} row(s) repeat an earlier row exactly (a coupon received again "
+            "the same day): kept, each is a receipt (and a sample)"
+        )
     if not has_date:
         notes.append(f"o2o: {file.name} has no Date column: no use events and no samples")
         return AdapterResult(receive, None, dict(skipped), notes, [file])

@@ -18,7 +18,10 @@ Policy (see :mod:`data_prep.sources.base`):
   :data:`~data_prep.sources.base.TS_MIN`). The full public log has a few events outside its
   nine days (Nov 25 to Dec 3, 2017) that still pass this range: narrow it with ``ts_min``/
   ``ts_max`` to drop them (counted as ``bad_timestamp`` with ``on_error="skip"``).
-* blank lines are dropped and counted as ``blank_line`` in both modes.
+* ``bad_encoding`` (a line that is not valid UTF-8), raised or counted like the above;
+* blank lines (``blank_line``) and exact duplicate lines (``duplicate_row``: the same five
+  values as an earlier line of the same file; the full log repeats a few events) are dropped
+  and counted in both modes, with a note for the duplicates.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from data_prep.sources.base import (
     apply_checks,
     blank_check,
     check_on_error,
+    duplicate_check,
+    duplicate_notes,
+    encoding_check,
     field_count_check,
     missing_check,
     parse_ts,
@@ -73,6 +79,7 @@ def _read_file(
     ts = parse_ts(pl.col("ts_raw"))
     known = ", ".join(BEHAVIOR_ACTIONS)
     checks = [
+        encoding_check(),
         blank_check(),
         field_count_check(parts, len(_FIELDS), ","),
         missing_check({"user_id": pl.col("user_id"), "item_id": pl.col("item_id")}),
@@ -89,6 +96,7 @@ def _read_file(
                 pl.col("ts_raw"),
             ),
         ),
+        duplicate_check([pl.col(name) for name in _FIELDS]),
     ]
     kept = apply_checks(rows, checks, file, on_error, skipped)
     return to_events(
@@ -130,6 +138,7 @@ def read_taobao(
     notes = [
         "taobao: behaviours pv/cart/fav/buy -> actions click/cart/fav/purchase; "
         "no brand or shop in this format",
+        *duplicate_notes("taobao", skipped),
     ]
     return AdapterResult(
         events=pl.concat(frames, how="vertical"),

@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = Path(job.ckpt_path)
     hp = read_checkpoint(ckpt_path)["hyper_parameters"]  # refuses to unpickle code
     assert isinstance(hp, dict)
-    run = train_config(OmegaConf.create(dict(hp["run_config"])))
+    run = train_config(OmegaConf.create(dict(hp["run_config"])), stored=True)
     set_threads(job.threads, run.data.num_workers)
     data_dir = Path(job.data_dir) if job.data_dir is not None else Path(hp["data_dir"])
     dm = make_datamodule(data_dir, run.data, run.task, run.seed, eval_batch_size=job.batch_size)

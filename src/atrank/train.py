@@ -65,7 +65,7 @@ def resumed_run(folder: Path) -> tuple[TrainConfig, dict[str, Any]]:
     hp = read_checkpoint(last)["hyper_parameters"]
     assert isinstance(hp, dict)
     stored = dict(hp["run_config"])
-    run = train_config(OmegaConf.create(stored))
+    run = train_config(OmegaConf.create(stored), stored=True)
     run.ckpt_path = str(last)
     return run, stored
 

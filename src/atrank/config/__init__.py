@@ -6,7 +6,9 @@ misspelled or mistyped key anywhere (command line, group file, experiment file) 
 the config is composed. The dataclasses hold the defaults (the YAML files hold only what
 differs) and check their own value ranges when constructed; :func:`train_config` and
 friends turn a composed config into those objects at the entry point, naming the full key of
-any bad value. Below the entry points nothing reads the config.
+any bad value; for a new training run :func:`train_config` also checks the ``_target_``
+nodes against their classes' signatures (:mod:`atrank.config.targets`), before any data is
+read. Below the entry points nothing reads the config.
 
 The model's settings are :class:`atrank.model.ModelConfig`, the preparation's
 :class:`data_prep.pipeline.PrepConfig`, a derived task's
@@ -36,6 +38,8 @@ from atrank.config.run import (
     TaskSpec,
     TrainConfig,
 )
+from atrank.config.targets import check_new_run
+from atrank.model.config import SettingError
 
 __all__ = [
     "COMPILE_BACKENDS",
@@ -63,12 +67,35 @@ __all__ = [
 ]
 
 
+def _sweep(attr: str) -> str | None:
+    """A value of the running Hydra multirun job (None outside one)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    return str(hc.sweep.dir) if attr == "dir" else (hc.job.override_dirname or str(hc.job.num))
+
+
+def _sweep_group() -> str | None:
+    """W&B group of a run: its sweep's folder in a multirun, else none."""
+    return _sweep("dir")
+
+
+def _sweep_job_name() -> str | None:
+    """W&B name of a run: its overrides in a multirun, else W&B's own."""
+    return _sweep("name")
+
+
 def register_configs() -> None:
     """Registers the root schemas with Hydra's ConfigStore, and the resolvers the config
     files use (idempotent)."""
     OmegaConf.register_new_resolver(
         "atrank_run_dir", lambda resume, fresh: str(resume) if resume else fresh, replace=True
     )
+    OmegaConf.register_new_resolver("atrank_wandb_group", _sweep_group, replace=True)
+    OmegaConf.register_new_resolver("atrank_wandb_name", _sweep_job_name, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
@@ -78,13 +105,30 @@ def register_configs() -> None:
     cs.store(name="predict_schema", node=PredictConfig)
 
 
-def train_config(cfg: DictConfig) -> TrainConfig:
+def train_config(cfg: DictConfig, *, stored: bool = False) -> TrainConfig:
     """The typed ``atrank-train`` config (also the one stored in checkpoints).
+
+    A new run's config is checked further, before anything is read or built: every key of
+    the ``_target_`` nodes (optimizer, scheduler, trainer, callbacks, loggers) against its
+    class's signature and range rules (:mod:`atrank.config.targets`), and ``ckpt_path``
+    must be a file.
+
+    Args:
+        cfg: the composed config, or the one stored in a checkpoint.
+        stored: ``cfg`` is a checkpoint's stored config (eval, export, resume): only the
+            schema is checked (the checkpoint it once started from may be gone, and its
+            ``_target_`` nodes are not instantiated again).
 
     Raises:
         ConfigError: naming the full key of the first missing, mistyped or invalid value.
     """
-    return typed_root(TrainConfig, cfg)
+    run = typed_root(TrainConfig, cfg)
+    if not stored:
+        try:
+            check_new_run(run)
+        except SettingError as e:
+            raise ConfigError(f"config key '{e.key}': {e.why}") from None
+    return run
 
 
 def eval_config(cfg: DictConfig) -> EvalConfig:

@@ -152,7 +152,8 @@ class TrainConfig:
         task: the trained tasks by name.
         model: the model's settings.
         optimizer, scheduler, trainer, callbacks, logger: ``_target_`` nodes instantiated by
-            Hydra (their keys are the classes' own arguments).
+            Hydra (their keys are the classes' own arguments, checked against the classes'
+            signatures for a new run: :mod:`atrank.config.targets`).
         loss_weighting: ``fixed`` | ``uncertainty``.
         seed: seeds python, numpy, torch and the data shuffle.
         threads: torch intra-op threads; None = the cores left free by DataLoader workers.

@@ -34,7 +34,7 @@ def export_bundle(
     ckpt = read_checkpoint(Path(ckpt_path))
     hp = ckpt["hyper_parameters"]
     assert isinstance(hp, dict)
-    run = train_config(OmegaConf.create(dict(hp["run_config"])))
+    run = train_config(OmegaConf.create(dict(hp["run_config"])), stored=True)
     prepared = Path(data_dir) if data_dir is not None else Path(str(hp["data_dir"]))
     meta = read_meta(prepared)
     state = ckpt["state_dict"]
