@@ -17,8 +17,6 @@ import cProfile
 import io
 import json
 import pstats
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,26 +26,12 @@ import numpy as np
 import polars as pl
 
 from bench.common import DEFAULT_CACHE, loadavg, machine
+from bench.serve_bench import trained_bundle
 from data_prep import contract as C
 from data_prep.meta import read_meta
 
 CANDIDATES = 100
 COUPON_EVERY = 5  # 1 candidate in 5 is a coupon
-
-
-def default_bundle(cache: Path) -> Path:
-    """A one-epoch run's bundle on the default data (trained and exported once, cached)."""
-    bundle = cache / "serve" / "bundle"
-    if (bundle / "bundle.json").is_file():
-        return bundle
-    run_dir = cache / "serve" / "run"
-    bin_dir = Path(sys.executable).parent
-    train = [f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", "logger=none", "test=false"]
-    subprocess.run([str(bin_dir / "atrank-train"), *train], check=True, capture_output=True)
-    (ckpt,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
-    export = [f"ckpt_path={ckpt}", f"out={bundle}"]
-    subprocess.run([str(bin_dir / "atrank-export"), *export], check=True, capture_output=True)
-    return bundle
 
 
 def raw_events_dir(bundle: Path) -> Path:
@@ -165,7 +149,7 @@ def run(n_requests: int, cache: Path, profile: bool) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
-    bundle = default_bundle(cache)
+    bundle = trained_bundle(cache)  # (shared with bench.serve_bench)
     events_dir = raw_events_dir(bundle)
     requests = make_requests(events_dir, bundle, n_requests)
     with tempfile.TemporaryDirectory(prefix="atrank-batch-bench-") as tmp:

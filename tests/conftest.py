@@ -54,3 +54,48 @@ def compose_cfg(cache_dir: Path, tmp_path: Path) -> Iterator[Callable[..., DictC
     with initialize_config_module(config_module="atrank.conf", version_base="1.3"):
         yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One short training run on the tiny simulated data, shared by the scoring tests.
+
+    Returns:
+        ``root``; ``ckpt`` (the run's best checkpoint); ``bundle`` (its export); ``data_dir``
+        (the prepared data); ``raw`` (the raw canonical tables, ``events/`` and ``samples/``).
+        Nothing may write into them.
+    """
+    from atrank.runtime import read_checkpoint
+    from atrank.serve.export import export_bundle
+    from atrank.train import train
+    from data_prep.meta import read_meta
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="atrank.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                f"paths.cache_dir={root / 'cache'}",
+                f"paths.output_dir={root / 'run'}",
+                *TINY_SIM,
+                "logger=none",
+                "callbacks.progress_bar=null",
+                "threads=1",
+                "trainer.max_epochs=1",
+                "data.batch_size=128",
+            ],
+        )
+    GlobalHydra.instance().clear()
+    train(cfg)
+    (ckpt,) = (root / "run" / "checkpoints").glob("epoch*.ckpt")
+    hp = read_checkpoint(ckpt)["hyper_parameters"]
+    assert isinstance(hp, dict)
+    data_dir = Path(str(hp["data_dir"]))
+    return {
+        "root": root,
+        "ckpt": ckpt,
+        "bundle": export_bundle(ckpt, root / "bundle"),
+        "data_dir": data_dir,
+        "raw": Path(str(read_meta(data_dir).source["raw_dir"])),
+    }

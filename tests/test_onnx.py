@@ -11,13 +11,10 @@ import torch
 from torch import Tensor
 
 from atrank.model import ATRankModel, ModelConfig, build_model
-from atrank.serve.export import export_bundle, read_checkpoint
 from atrank.serve.features import Features
 from atrank.serve.onnx_export import ONNX_FILE, OnnxScorer, ScoringGraph, export_onnx
 from atrank.serve.predictor import Predictor
-from atrank.train import train
 from data_prep import contract as C
-from data_prep.meta import read_meta
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is in the 'serve' extra")
 
@@ -25,37 +22,9 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Predictor, pl.DataFrame]:
+def served(tiny_run: dict[str, Path]) -> tuple[Predictor, pl.DataFrame]:
     """A bundle of a short run on the tiny simulated data, its predictor and raw events."""
-    from conftest import TINY_SIM
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    root = tmp_path_factory.mktemp("onnx")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="atrank.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                f"paths.cache_dir={root / 'cache'}",
-                f"paths.output_dir={root / 'run'}",
-                *TINY_SIM,
-                "logger=none",
-                "callbacks.progress_bar=null",
-                "threads=1",
-                "trainer.max_epochs=1",
-                "data.batch_size=128",
-                "test=false",
-            ],
-        )
-    GlobalHydra.instance().clear()
-    train(cfg)
-    (ckpt,) = (root / "run" / "checkpoints").glob("epoch*.ckpt")
-    bundle = export_bundle(ckpt, root / "bundle")
-    hp = read_checkpoint(ckpt)["hyper_parameters"]
-    assert isinstance(hp, dict)
-    raw = Path(str(read_meta(Path(str(hp["data_dir"]))).source["raw_dir"]))
-    return Predictor(bundle), pl.read_parquet(raw / "events" / "*.parquet")
+    return Predictor(tiny_run["bundle"]), pl.read_parquet(tiny_run["raw"] / "events" / "*.parquet")
 
 
 def _requests(

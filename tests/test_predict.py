@@ -21,46 +21,22 @@ from polars.testing import assert_frame_equal
 
 from atrank.cli.predict import predict
 from atrank.serve.chunks import NO_CHUNK, RequestChunks, events_table, find_source
-from atrank.serve.export import export_bundle, read_checkpoint
 from atrank.serve.features import POSITION, REQUEST_ID, REQUEST_IDX
 from atrank.serve.predictor import Predictor
-from atrank.train import train
 from data_prep import contract as C
 from data_prep.errors import PrepError
-from data_prep.meta import read_meta
 
 BIN = Path(sys.executable).parent
 Run = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def setup(tiny_run: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A bundle of a short run on the tiny simulated data, its raw events, and requests of
     1-9 candidates each (catalogue items and coupons, unknown items, an unknown user)."""
-    from conftest import TINY_SIM
-
     root = tmp_path_factory.mktemp("predict")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="atrank.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                f"paths.cache_dir={root / 'cache'}",
-                f"paths.output_dir={root / 'run'}",
-                *TINY_SIM,
-                "logger=none",
-                "callbacks.progress_bar=null",
-                "threads=1",
-                "trainer.max_epochs=1",
-                "data.batch_size=128",
-            ],
-        )
-    GlobalHydra.instance().clear()
-    train(cfg)
-    (ckpt,) = (root / "run" / "checkpoints").glob("epoch*.ckpt")
-    bundle = export_bundle(ckpt, root / "bundle")
-    data_dir = Path(str(read_checkpoint(ckpt)["hyper_parameters"]["data_dir"]))  # type: ignore[index]
-    events_dir = Path(str(read_meta(data_dir).source["raw_dir"])) / "events"
+    bundle = tiny_run["bundle"]
+    events_dir = tiny_run["raw"] / "events"
     samples = pl.read_parquet(events_dir.parent / "samples" / "*.parquet")
     predictor = Predictor(bundle)
     items = predictor.bundle.catalogue["item"][C.ITEM].to_list()

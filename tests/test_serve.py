@@ -16,10 +16,8 @@ from atrank.build import build_system, make_datamodule
 from atrank.config import train_config
 from atrank.runtime import read_checkpoint
 from atrank.serve.bundle import BUNDLE_FILE, BundleError, load_bundle
-from atrank.serve.export import export_bundle
 from atrank.serve.features import POSITION
 from atrank.serve.predictor import Predictor
-from atrank.train import train
 from data_prep import contract as C
 from data_prep.meta import read_meta
 
@@ -28,33 +26,9 @@ CANDIDATE_COLUMNS = [C.USER, C.TS, C.GROUP, *C.ID_FIELDS]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained(tiny_run: dict[str, Path]) -> dict[str, Path]:
     """A checkpoint of a short run on the tiny simulated data, and its bundle."""
-    from conftest import TINY_SIM
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    root = tmp_path_factory.mktemp("serve")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="atrank.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                f"paths.cache_dir={root / 'cache'}",
-                f"paths.output_dir={root / 'run'}",
-                *TINY_SIM,
-                "logger=none",
-                "callbacks.progress_bar=null",
-                "threads=1",
-                "trainer.max_epochs=1",
-                "data.batch_size=128",
-            ],
-        )
-    GlobalHydra.instance().clear()
-    train(cfg)
-    (ckpt,) = (root / "run" / "checkpoints").glob("epoch*.ckpt")
-    bundle = export_bundle(ckpt, root / "bundle")
-    return {"ckpt": ckpt, "bundle": bundle, "root": root}
+    return tiny_run
 
 
 def _eval_logits(ckpt: Path) -> tuple[pl.DataFrame, Path]:

@@ -31,41 +31,9 @@ TASKS = ("click", "purchase", "coupon")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained(tiny_run: dict[str, Path]) -> dict[str, Path]:
     """A bundle of a short run on the tiny simulated data, and the run's raw events."""
-    from conftest import TINY_SIM
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from atrank.serve.export import export_bundle
-    from atrank.train import train
-
-    root = tmp_path_factory.mktemp("server")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="atrank.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                f"paths.cache_dir={root / 'cache'}",
-                f"paths.output_dir={root / 'run'}",
-                *TINY_SIM,
-                "logger=none",
-                "callbacks.progress_bar=null",
-                "threads=1",
-                "trainer.max_epochs=1",
-                "data.batch_size=128",
-            ],
-        )
-    GlobalHydra.instance().clear()
-    train(cfg)
-    (ckpt,) = (root / "run" / "checkpoints").glob("epoch*.ckpt")
-    (events,) = (root / "cache" / "raw").glob("*/events")
-    return {
-        "bundle": export_bundle(ckpt, root / "bundle"),
-        "events": events,
-        "root": root,
-        "ckpt": ckpt,
-    }
+    return {**tiny_run, "events": tiny_run["raw"] / "events"}
 
 
 class Client:
