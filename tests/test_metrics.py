@@ -134,3 +134,30 @@ def test_pair_auc_is_the_share_of_users_whose_positive_wins() -> None:
     m = GroupAUC(tie=0.0, weighting="equal")
     m.update(p, y, users)
     assert float(m.compute()) == 0.5
+
+
+def test_auc_ranks_large_logits_that_a_float32_sigmoid_would_tie() -> None:
+    # sigmoid(17) and sigmoid(18) are both 1.0 in float32: AUC on probabilities gives 0.5
+    m = task_metrics(["auc"])
+    m.update(preds=torch.tensor([18.0, 17.0]), target=torch.tensor([1, 0]), groups=torch.zeros(2))
+    assert float(m.compute()["auc"]) == 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 1)), min_size=2, max_size=40))
+def test_auc_equals_the_pairwise_definition(rows: list[tuple[int, int]]) -> None:
+    p = torch.tensor([float(r[0]) for r in rows])
+    y = torch.tensor([r[1] for r in rows])
+    pos, neg = p[y == 1], p[y == 0]
+    m = task_metrics(["auc"])
+    m.update(preds=p, target=y, groups=torch.zeros(len(rows)))
+    got = float(m.compute()["auc"])
+    if len(pos) == 0 or len(neg) == 0:
+        assert math.isnan(got)
+        return
+    want = float(
+        (
+            (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
+        ).mean()
+    )
+    assert abs(got - want) < 1e-6

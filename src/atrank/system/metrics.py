@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
 from atrank.config import METRIC_NAMES
@@ -135,12 +134,33 @@ class LogLoss(Metric):
         return (self.total / self.count.clamp(min=1)).float()
 
 
-class LogitAUROC(BinaryAUROC):
-    """ROC AUC of logits: the sigmoid is applied to every batch (torchmetrics would apply it
-    only to batches with a value outside ``[0, 1]``)."""
+class LogitAUROC(Metric):
+    """Exact ROC AUC of the logits themselves (Mann-Whitney, ties half), in float64.
+
+    Ranking by the logits, not by ``sigmoid(logits)`` in float32, which saturates large logits
+    into ties (two logits 17 and 18 are both 1.0 in float32); and every batch alike (the
+    torchmetrics AUROC takes a batch whose values all lie in ``[0, 1]`` as probabilities). The
+    predictions are gathered over processes before ``compute``, as for :class:`GroupAUC`.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    preds: list[Tensor]
+    target: list[Tensor]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
 
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
-        super().update(torch.sigmoid(preds.float()), target)
+        self.preds.append(preds.detach().double())
+        self.target.append(target.detach().long())
+
+    def compute(self) -> Tensor:
+        preds = dim_zero_cat(self.preds)
+        groups = torch.zeros_like(preds, dtype=torch.long)  # one group: the plain AUC
+        return grouped_auc(preds, dim_zero_cat(self.target), groups).float()
 
 
 #: How each metric name is computed (all take logits).

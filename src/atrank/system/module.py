@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -137,8 +138,10 @@ class ATRankSystem(L.LightningModule):
             for key, v in values.items():
                 self.log(key, v, sync_dist=False, rank_zero_only=False)
             w = self.tasks[task].monitor_weight
-            weighted += w * float(values[f"{stage}/{task}/auc"])
-            total_w += w
+            auc = float(values[f"{stage}/{task}/auc"])
+            if math.isfinite(auc):  # (NaN: one class only in this split; left out)
+                weighted += w * auc
+                total_w += w
         monitor = weighted / total_w if total_w > 0 else float("nan")
         self.log(f"{stage}/monitor", monitor, prog_bar=stage == "val")
 
