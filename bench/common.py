@@ -128,3 +128,20 @@ def prepared(cache: Path, raw: Path) -> Path:
         f"bench-{raw.name}",
     )
     return out
+
+
+def replace_marked(doc: Path, name: str, text: str) -> None:
+    """Puts ``text`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``doc``.
+
+    Raises:
+        ValueError: ``doc`` does not hold exactly one such section.
+    """
+    import re
+
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    old = doc.read_text(encoding="utf-8")
+    block = f"{begin}\n{text.strip()}\n{end}"
+    new, n = re.subn(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, old, flags=re.S)
+    if n != 1:
+        raise ValueError(f"{doc}: needs exactly one {begin} ... {end} section, found {n}")
+    doc.write_text(new, encoding="utf-8")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from bench.common import DEFAULT_CACHE, loadavg, machine
+from bench.common import DEFAULT_CACHE, loadavg, machine, replace_marked
 from bench.serve_bench import trained_bundle
 from data_prep import contract as C
 from data_prep.meta import read_meta
@@ -178,12 +178,10 @@ def run(n_requests: int, cache: Path, profile: bool) -> dict[str, Any]:
 
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "SERVING.md"
-BEGIN, END = "<!-- batch_bench:begin -->", "<!-- batch_bench:end -->"
 
 
 def write_doc(runs: list[dict[str, Any]], doc: Path = DOC) -> None:
     """Replaces the marked ``batch_bench`` section of ``doc`` with the runs' figures."""
-    import re
 
     rates = sorted(r["candidates_per_second"] for r in runs)
     last = runs[-1]
@@ -208,12 +206,7 @@ def write_doc(runs: list[dict[str, Any]], doc: Path = DOC) -> None:
             "```",
         ]
     )
-    body = f"{BEGIN}\n{text}\n{END}"
-    old = doc.read_text(encoding="utf-8")
-    new, n = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: body, old, flags=re.S)
-    if n != 1:
-        raise ValueError(f"{doc}: needs exactly one {BEGIN} ... {END} section, found {n}")
-    doc.write_text(new, encoding="utf-8")
+    replace_marked(doc, "batch_bench", text)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -36,14 +35,14 @@ from atrank.serve.features import Features
 from atrank.serve.onnx_export import OnnxScorer, export_onnx
 from atrank.serve.predictor import Predictor
 from bench import serve_profile
-from bench.common import DEFAULT_CACHE, loadavg, machine
+from bench.common import DEFAULT_CACHE, loadavg, machine, replace_marked
 from data_prep import contract as C
 from data_prep.meta import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "serve_results.json"
 DOC = ROOT / "docs" / "SERVING.md"
-BEGIN, END = "<!-- serve_bench:begin -->", "<!-- serve_bench:end -->"
+SECTION = "serve_bench"  # the marked section of docs/SERVING.md
 #: The paper's sizes (``experiment=paper_amazon``), random weights on the default data shape.
 PAPER = ModelConfig(field_dim=64, d_model=128, n_heads=8, ffn_dim=32)
 PAPER_MAX_LEN = 100
@@ -285,12 +284,7 @@ def table(res: dict[str, Any]) -> str:
 
 def write_doc(res: dict[str, Any], doc: Path = DOC) -> None:
     """Replaces the marked section of ``doc`` with the table of ``res``."""
-    text = doc.read_text(encoding="utf-8")
-    body = f"{BEGIN}\n```\n{table(res)}\n```\n{END}"
-    new, n = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: body, text, flags=re.S)
-    if n != 1:
-        raise ValueError(f"{doc}: needs exactly one {BEGIN} ... {END} section, found {n}")
-    doc.write_text(new, encoding="utf-8")
+    replace_marked(doc, SECTION, f"```\n{table(res)}\n```")
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -30,13 +29,12 @@ import requests
 
 from atrank.serve.bundle import load_bundle
 from atrank.serve.predictor import Predictor
-from bench.common import DEFAULT_CACHE, loadavg, machine
+from bench.common import DEFAULT_CACHE, loadavg, machine, replace_marked
 from bench.serve_bench import request, trained_bundle, user_events
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "SERVING.md"
 RESULTS = Path(__file__).resolve().parent / "serve_http_results.json"
-BEGIN, END = "<!-- server_bench:begin -->", "<!-- server_bench:end -->"
 CLIENTS = (1, 4, 16)
 
 
@@ -206,13 +204,8 @@ def table(res: dict[str, Any]) -> str:
 
 def write_doc(res: dict[str, Any], doc: Path = DOC) -> None:
     """Replaces the marked section of ``doc``."""
-    text = doc.read_text(encoding="utf-8")
     cmd = "python -m bench.serve_http_bench     # about 2 minutes; --quick: 5 s per loop\n"
-    block = f"{BEGIN}\n```bash\n{cmd}```\n\n```\n{table(res)}\n```\n{END}"
-    new, n = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    if n != 1:
-        raise ValueError(f"{doc}: needs exactly one {BEGIN} ... {END} section, found {n}")
-    doc.write_text(new, encoding="utf-8")
+    replace_marked(doc, "server_bench", f"```bash\n{cmd}```\n\n```\n{table(res)}\n```")
 
 
 def main() -> None:

@@ -26,16 +26,16 @@ check to the publication: one prepares, the others wait and then find it done.
 
 from __future__ import annotations
 
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
 from data_prep import contract as c
+from data_prep.annotations import describe, fits
 from data_prep.errors import PrepError
 from data_prep.locks import folder_lock
 from data_prep.meta import read_meta
@@ -46,14 +46,6 @@ from data_prep.sources.protocol import next_item_samples
 
 _NEXT_ITEM_KEYS = ("tasks", "negatives", "seed")
 _MISSING = (None, "", "???")
-#: The option values that fit a scalar annotation of a reader (an int fits a float).
-_SCALARS: dict[Any, tuple[type, ...]] = {
-    bool: (bool,),
-    int: (int,),
-    float: (int, float),
-    str: (str,),
-    Path: (str, Path),
-}
 
 
 def prepare_from_config(
@@ -176,8 +168,8 @@ def _options(name: str, source: Source, params: dict[str, Any]) -> dict[str, Any
             )
         if key in source.files:
             v = None if v in _MISSING else Path(str(v))
-        elif key in hints and not _fits(v, hints[key]):
-            raise PrepError(f"dataset.{key}: expected {_describe(hints[key])}, got {v!r}")
+        elif key in hints and not fits(v, hints[key]):
+            raise PrepError(f"dataset.{key}: expected {describe(hints[key])}, got {v!r}")
         opts[key] = v
     if source.required and all(opts.get(k) is None for k in source.required):
         raise PrepError(
@@ -187,28 +179,6 @@ def _options(name: str, source: Source, params: dict[str, Any]) -> dict[str, Any
         if opts.get(key) is not None and not opts[key].exists():
             raise PrepError(f"dataset.{key}: {str(opts[key])!r} does not exist")
     return opts
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a config value fits a reader's annotation (the plain types options use)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint))
-    if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint in _SCALARS:  # (a bool is an int to Python, never to a config)
-        return isinstance(value, _SCALARS[hint]) and (hint is bool or not isinstance(value, bool))
-    return True  # (no rule for other annotations: the reader checks them)
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def _inputs(base: list[Path], more: list[str] | list[Path]) -> list[Path]:

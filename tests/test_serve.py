@@ -10,11 +10,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from atrank.build import build_system, make_datamodule
-from atrank.config import train_config
-from atrank.runtime import read_checkpoint
+from atrank.runtime import checkpoint_run, read_checkpoint
 from atrank.serve.bundle import BUNDLE_FILE, BundleError, load_bundle
 from atrank.serve.features import POSITION
 from atrank.serve.predictor import Predictor
@@ -33,14 +32,11 @@ def trained(tiny_run: dict[str, Path]) -> dict[str, Path]:
 
 def _eval_logits(ckpt: Path) -> tuple[pl.DataFrame, Path]:
     """What atrank-eval computes on the test split: every sample's logits, with its keys."""
-    hp = read_checkpoint(ckpt)["hyper_parameters"]
-    assert isinstance(hp, dict)
-    run = train_config(OmegaConf.create(dict(hp["run_config"])))
-    data_dir = Path(str(hp["data_dir"]))
+    run, saved = checkpoint_run(ckpt)
+    data_dir = Path(str(saved["hyper_parameters"]["data_dir"]))  # type: ignore[index]
     dm = make_datamodule(data_dir, run.data, run.task, run.seed)
     system = build_system(run, dm.prepared_meta, data_dir)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    system.load_state_dict(state)
+    system.load_state_dict(saved["state_dict"])  # type: ignore[arg-type]
     model = system.model.eval()
     rows = []
     with torch.no_grad():

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from atrank.build import build_system, make_datamodule
-from atrank.config import eval_config, train_config
+from atrank.config import eval_config
 from atrank.runtime import (
+    checkpoint_run,
     collect_metrics,
     instantiate_all,
     oracle_aucs,
-    read_checkpoint,
     set_threads,
     write_metrics,
 )
@@ -29,9 +29,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """
     job = eval_config(cfg)
     ckpt_path = Path(job.ckpt_path)
-    hp = read_checkpoint(ckpt_path)["hyper_parameters"]  # refuses to unpickle code
-    assert isinstance(hp, dict)
-    run = train_config(OmegaConf.create(dict(hp["run_config"])), stored=True)
+    run, ckpt = checkpoint_run(ckpt_path)  # (refuses to unpickle code)
+    hp = ckpt["hyper_parameters"]
     set_threads(job.threads, run.data.num_workers)
     data_dir = Path(job.data_dir) if job.data_dir is not None else Path(hp["data_dir"])
     dm = make_datamodule(data_dir, run.data, run.task, run.seed, eval_batch_size=job.batch_size)

@@ -9,11 +9,12 @@ from typing import Any
 
 import hydra
 import torch
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torchmetrics.functional.classification import binary_auroc
 
-from atrank.config import METRIC_NAMES, ConfigError
+from atrank.config import METRIC_NAMES, ConfigError, TrainConfig, train_config
 from atrank.data.store import SampleTable
 
 METRICS_FILE = "metrics.json"
@@ -127,3 +128,17 @@ def read_checkpoint(ckpt_path: Path) -> dict[str, object]:
     if not isinstance(ckpt, dict) or "run_config" not in ckpt.get("hyper_parameters", {}):
         raise ConfigError(f"ckpt_path: {ckpt_path} was not written by atrank-train (no run_config)")
     return ckpt
+
+
+def checkpoint_run(ckpt_path: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The run configuration an ``atrank-train`` checkpoint stores, and the checkpoint.
+
+    Returns:
+        ``(run, checkpoint)``: the typed configuration the run was started with (not checked
+        again against the files it named then), and the checkpoint read by
+        :func:`read_checkpoint`.
+    """
+    ckpt = read_checkpoint(ckpt_path)
+    hp = ckpt["hyper_parameters"]
+    assert isinstance(hp, dict)
+    return train_config(OmegaConf.create(dict(hp["run_config"])), stored=True), ckpt

@@ -14,11 +14,12 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from atrank.build import build_system, make_datamodule, resolve_data_dir
 from atrank.config import ConfigError, TrainConfig, plain, train_config
 from atrank.runtime import (
+    checkpoint_run,
     collect_metrics,
     instantiate_all,
     oracle_aucs,
@@ -62,12 +63,9 @@ def resumed_run(folder: Path) -> tuple[TrainConfig, dict[str, Any]]:
                 f"resume: continues {folder} as it was configured; drop the other overrides "
                 f"{extra} (or start a new run from its weights with ckpt_path={last})"
             )
-    hp = read_checkpoint(last)["hyper_parameters"]
-    assert isinstance(hp, dict)
-    stored = dict(hp["run_config"])
-    run = train_config(OmegaConf.create(stored), stored=True)
+    run, ckpt = checkpoint_run(last)
     run.ckpt_path = str(last)
-    return run, stored
+    return run, dict(ckpt["hyper_parameters"]["run_config"])  # type: ignore[index]
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -80,6 +78,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     stored = plain(cfg)
     if run.resume is not None:
         run, stored = resumed_run(Path(run.resume))
+    elif run.ckpt_path is not None:
+        read_checkpoint(Path(run.ckpt_path))  # a clear error, and never unpickled code
     set_threads(run.threads, run.data.num_workers, procs_per_node(run.trainer))
     L.seed_everything(run.seed, workers=True)
 
@@ -99,8 +99,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     if run.train:
         start = time.perf_counter()
-        if run.ckpt_path is not None:
-            read_checkpoint(Path(run.ckpt_path))  # a clear error, and never unpickled code
         trainer.fit(system, datamodule=dm, ckpt_path=run.ckpt_path, weights_only=True)
         metrics["fit/seconds"] = time.perf_counter() - start
         metrics["fit/epochs"] = float(trainer.current_epoch)

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from atrank.config.run import PathsConfig
+from atrank.config.run import PathsConfig, check_threads
 from atrank.model.config import SettingError
 from data_prep.passes.derive import DerivedTask, derived_tasks
 from data_prep.pipeline import PrepConfig
@@ -45,8 +45,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size <= 0:
             raise SettingError("batch_size", f"must be > 0 or null, got {self.batch_size}")
-        if self.threads is not None and self.threads < 1:
-            raise SettingError("threads", f"must be >= 1 or null, got {self.threads}")
+        check_threads(self.threads)
 
 
 @dataclass
@@ -134,8 +133,7 @@ class ServeConfig:
             raise SettingError("port", f"must be in 1..65535, got {self.port}")
         if self.batch_timeout < 0:
             raise SettingError("batch_timeout", f"must be >= 0, got {self.batch_timeout}")
-        if self.threads is not None and self.threads < 1:
-            raise SettingError("threads", f"must be >= 1 or null, got {self.threads}")
+        check_threads(self.threads)
 
 
 @dataclass
@@ -183,5 +181,4 @@ class PredictConfig:
             raise SettingError("blend", "rank_by=blend needs blend weights, e.g. +blend.click=1")
         if any(w < 0 for w in self.blend.values()):
             raise SettingError("blend", f"weights must be >= 0, got {dict(self.blend)}")
-        if self.threads is not None and self.threads < 1:
-            raise SettingError("threads", f"must be >= 1 or null, got {self.threads}")
+        check_threads(self.threads)

@@ -29,6 +29,13 @@ class LossWeighting(str, Enum):
     uncertainty = "uncertainty"
 
 
+def check_threads(threads: int | None) -> None:
+    """The ``threads`` key of every entry point: torch intra-op threads, >= 1 or null (all
+    free cores)."""
+    if threads is not None and threads < 1:
+        raise SettingError("threads", f"must be >= 1 or null, got {threads}")
+
+
 @dataclass
 class PathsConfig:
     """Where data is cached and where a run writes (``conf/paths/default.yaml``)."""
@@ -191,8 +198,7 @@ class TrainConfig:
             raise SettingError("resume", "give resume=<run folder> or ckpt_path, not both")
         if not self.task:
             raise SettingError("task", "selects no task: use e.g. task=[click,purchase,coupon]")
-        if self.threads is not None and self.threads < 1:
-            raise SettingError("threads", f"must be >= 1 or null, got {self.threads}")
+        check_threads(self.threads)
         if self.compile not in (None, False, True, *COMPILE_BACKENDS):
             raise SettingError(
                 "compile",

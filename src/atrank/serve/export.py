@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from atrank.build import data_shape
-from atrank.config import train_config
 from atrank.model import build_model
-from atrank.runtime import METRICS_FILE, read_checkpoint
+from atrank.runtime import METRICS_FILE, checkpoint_run
 from atrank.serve.bundle import BundleTask, write_bundle
 from data_prep.meta import read_meta
 
@@ -31,10 +28,8 @@ def export_bundle(
     Returns:
         The bundle directory.
     """
-    ckpt = read_checkpoint(Path(ckpt_path))
+    run, ckpt = checkpoint_run(Path(ckpt_path))
     hp = ckpt["hyper_parameters"]
-    assert isinstance(hp, dict)
-    run = train_config(OmegaConf.create(dict(hp["run_config"])), stored=True)
     prepared = Path(data_dir) if data_dir is not None else Path(str(hp["data_dir"]))
     meta = read_meta(prepared)
     state = ckpt["state_dict"]

@@ -122,7 +122,7 @@ class Featurizer:
                     f"requests: request_id {bad[REQUEST_ID][0]!r} has several user_id or ts values"
                 )
         row = pl.int_range(pl.len(), dtype=pl.Int64)
-        lf = _with_columns(requests, {C.GROUP: pl.String(), **EVENT_SCHEMA}).lazy()
+        lf = _with_columns(requests, EVENT_SCHEMA).lazy()
         lf = (
             lf.with_columns(
                 row.alias(_CAND),

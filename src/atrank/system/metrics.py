@@ -134,33 +134,17 @@ class LogLoss(Metric):
         return (self.total / self.count.clamp(min=1)).float()
 
 
-class LogitAUROC(Metric):
-    """Exact ROC AUC of the logits themselves (Mann-Whitney, ties half), in float64.
+class LogitAUROC(GroupAUC):
+    """Exact ROC AUC of the logits themselves (Mann-Whitney, ties half, in float64): the
+    AUC of one group.
 
     Ranking by the logits, not by ``sigmoid(logits)`` in float32, which saturates large logits
     into ties (two logits 17 and 18 are both 1.0 in float32); and every batch alike (the
-    torchmetrics AUROC takes a batch whose values all lie in ``[0, 1]`` as probabilities). The
-    predictions are gathered over processes before ``compute``, as for :class:`GroupAUC`.
+    torchmetrics AUROC takes a batch whose values all lie in ``[0, 1]`` as probabilities).
     """
 
-    full_state_update = False
-    higher_is_better = True
-    preds: list[Tensor]
-    target: list[Tensor]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("preds", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
-
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
-        self.preds.append(preds.detach().double())
-        self.target.append(target.detach().long())
-
-    def compute(self) -> Tensor:
-        preds = dim_zero_cat(self.preds)
-        groups = torch.zeros_like(preds, dtype=torch.long)  # one group: the plain AUC
-        return grouped_auc(preds, dim_zero_cat(self.target), groups).float()
+        super().update(preds, target, torch.zeros_like(target))
 
 
 #: How each metric name is computed (all take logits).

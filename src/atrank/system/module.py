@@ -70,6 +70,7 @@ class ATRankSystem(L.LightningModule):
         self.save_hyperparameters(ignore=["model", "tasks", "optimizer", "scheduler"])
         self.model = model
         self.tasks = dict(tasks)
+        self.task_weights = {n: t.weight for n, t in self.tasks.items()}  # (read every step)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.l2_weight = l2_weight
@@ -98,7 +99,7 @@ class ATRankSystem(L.LightningModule):
             out.logits,
             batch.labels,
             batch.label_mask,
-            {n: t.weight for n, t in self.tasks.items()},
+            self.task_weights,
             out.l2,
             self.l2_weight,
             log_vars,
