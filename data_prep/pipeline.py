@@ -43,6 +43,7 @@ from data_prep.passes.report import (
     sample_oov_rates,
     split_counts,
     table_report,
+    target_oov,
     task_meta,
 )
 from data_prep.passes.split import SPLIT, Cut, TimeCut, check_cut, check_given
@@ -241,8 +242,12 @@ def _prepare(
             "events": event_oov_rates(timeline.lazy(), cut, samples_df),
         },
     }
+    report["target_oov"], oov_warnings = target_oov(samples_df, sm_info.tasks)
     if extra_report:
         report |= extra_report
+    report["warnings"] = [*report.get("warnings", []), *oov_warnings]
+    for w in report["warnings"]:
+        _log.warning(w)
     meta = _meta(cfg, source, fp, cut, fitted, samples_df, users, sm_info, report)
 
     out_dir.mkdir(parents=True, exist_ok=True)

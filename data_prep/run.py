@@ -12,7 +12,10 @@ type than the reader's annotation, e.g. ``ts_min=abc``, is a :class:`PrepError` 
   positive-only logs, see :mod:`data_prep.sources.protocol`; split ``leave_last_out``);
 - only for sources that can give ``next_item``: ``tasks`` (``{task: [actions]}``, the positives
   of each next-item task; default: one task ``click`` whose positives are every action of the
-  log), ``negatives`` (default 1) and ``seed`` (default 0) of the negative sampling.
+  log), ``negatives`` (default 1) and ``seed`` (default 0) of the negative sampling, and
+  how negatives are drawn: ``negative_pool`` (``matched``), ``negative_weights``
+  (``uniform``) and ``negative_exclude`` (``user_items``); see
+  :class:`~data_prep.sources.protocol.NegativeSampling`.
 
 The source's skip counts and notes land in ``report.json`` (``source``) and ``meta.json``
 (``source``); the files it actually read (``AdapterResult.inputs``) are fingerprinted, so a
@@ -42,9 +45,16 @@ from data_prep.meta import read_meta
 from data_prep.passes.derive import DerivedTask, add_derived_labels, check_negatives
 from data_prep.pipeline import PrepConfig, PrepResult, fingerprint, prepare, up_to_date
 from data_prep.sources import GLOBAL_TIME, NEXT_ITEM, SOURCES, AdapterResult, Source
-from data_prep.sources.protocol import next_item_samples
+from data_prep.sources.protocol import PROTOCOL_VERSION, NegativeSampling, next_item_samples
 
-_NEXT_ITEM_KEYS = ("tasks", "negatives", "seed")
+_NEXT_ITEM_KEYS = (
+    "tasks",
+    "negatives",
+    "seed",
+    "negative_pool",
+    "negative_weights",
+    "negative_exclude",
+)
 _MISSING = (None, "", "???")
 
 
@@ -83,6 +93,9 @@ def prepare_from_config(
     if derived:  # (absent when empty: earlier preparations keep their fingerprint)
         fp_config["derive"] = {k: asdict(t) for k, t in derived.items()}
     proto = _protocol_settings(source, params)
+    if proto["protocol"] == NEXT_ITEM:  # (the sampling's resolved defaults, and the
+        # protocol's version: samples made by an older protocol are made again)
+        fp_config["next_item"] = {"sampling": proto["sampling"], "version": PROTOCOL_VERSION}
     check_negatives(derived, "sampled" if proto["protocol"] == NEXT_ITEM else "impressions", name)
     opts = _options(name, source, params)
     files = [opts[k] for k in source.files if opts.get(k) is not None]
@@ -151,7 +164,18 @@ def _protocol_settings(source: Source, params: dict[str, Any]) -> dict[str, Any]
     for key, v, low in (("negatives", negatives, 1), ("seed", seed, 0)):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise PrepError(f"dataset.{key}: expected an integer >= {low}, got {v!r}")
-    return {"protocol": protocol, "tasks": tasks, "negatives": negatives, "seed": seed}
+    sampling = NegativeSampling(  # (checks the values, naming dataset.<key>)
+        pool=params.pop("negative_pool", NegativeSampling.pool),
+        weights=params.pop("negative_weights", NegativeSampling.weights),
+        exclude=params.pop("negative_exclude", NegativeSampling.exclude),
+    )
+    return {
+        "protocol": protocol,
+        "tasks": tasks,
+        "negatives": negatives,
+        "seed": seed,
+        "sampling": asdict(sampling),
+    }
 
 
 def _options(name: str, source: Source, params: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +242,9 @@ def _next_item(
     events = result.events.collect()
     tasks = proto["tasks"] or {"click": sorted(events[c.ACTION].drop_nulls().unique())}
     tasks = {**tasks, **{k: list(t.actions) for k, t in derived.items()}}
-    samples, stats = next_item_samples(events, tasks, proto["negatives"], proto["seed"])
+    samples, stats = next_item_samples(
+        events, tasks, proto["negatives"], proto["seed"], NegativeSampling(**proto["sampling"])
+    )
     report["next_item"] = stats
     proto["tasks"] = tasks
     return events.lazy(), samples.lazy()

@@ -13,7 +13,7 @@ from data_prep import contract as C
 from data_prep.pipeline import PrepConfig, PrepError, prepare
 from data_prep.run import prepare_from_config
 from data_prep.schema import EVENT_SCHEMA
-from data_prep.sources.protocol import draw_negatives, next_item_samples
+from data_prep.sources.protocol import NegativeSampling, Pool, draw_negatives, next_item_samples
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(
@@ -92,9 +92,20 @@ def test_draw_negatives_rejects_taken_and_full_users() -> None:
     n_items = 4
     taken = np.array([0 * n_items + i for i in range(4)] + [1 * n_items + 0, 1 * n_items + 1])
     users = np.array([0, 1] * 500)
-    neg = draw_negatives(np.random.default_rng(0), users, n_items, np.sort(taken))
+    pos = np.where(users == 0, 0, 1)
+    pools = [Pool(np.arange(n_items, dtype=np.int64))]
+    which = np.zeros(users.size, dtype=np.int64)
+    neg = draw_negatives(np.random.default_rng(0), users, pos, pools, which, np.sort(taken), 4)
     assert (neg[users == 0] == -1).all()  # user 0 has every item: no negative possible
     assert set(neg[users == 1].tolist()) == {2, 3}
+    # Excluding only the positive: any other item of the pool, the user's own included.
+    neg = draw_negatives(np.random.default_rng(0), users, pos, pools, which, None, 4)
+    assert set(neg[users == 0].tolist()) == {1, 2, 3} and set(neg[users == 1].tolist()) == {0, 2, 3}
+    # Popularity weights: an item with 9x the events is drawn about 9x as often.
+    pop = [Pool(np.array([2, 3]), np.cumsum([9.0, 1.0]))]
+    neg = draw_negatives(np.random.default_rng(0), users, pos, pop, which, None, 4)
+    share = float((neg == 2).mean())
+    assert 0.85 < share < 0.95
 
 
 def test_multi_behaviour_tasks(tmp_path: Path) -> None:

@@ -15,6 +15,11 @@ from data_prep.passes.split import SPLIT, Cut, TimeCut, period_expr, user_bounds
 from data_prep.passes.validate import TableInfo
 
 _PERIOD = "__period"
+_OOV = "__oov"
+#: ``target_oov`` warns when positives and negatives of a split differ by more than this.
+OOV_GAP_WARN = 0.05
+#: ... and both have at least this many rows (smaller splits are too noisy to warn about).
+OOV_GAP_MIN_ROWS = 20
 
 
 def table_report(
@@ -158,3 +163,57 @@ def event_oov_rates(
         timeline = timeline.filter(period > 0)
     rows = timeline.group_by(period.alias(_PERIOD)).agg(_oov_aggs(cols)).collect()
     return _rates({r[_PERIOD]: r for r in rows.iter_rows(named=True)}, cols)
+
+
+def target_oov(samples: pl.DataFrame, tasks: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
+    """Share of positives and of negatives whose target is out of vocabulary, per task and split.
+
+    The target is the id of the sample's group (``item_id`` for items, ``coupon_id`` for
+    coupons). When the shares differ, "unknown target" alone predicts the label: a
+    protocol artefact (e.g. negatives drawn from a catalogue the vocabulary saw in training).
+
+    Args:
+        samples: coded samples with the split column.
+        tasks: task names.
+
+    Returns:
+        ``({task: {split: {"positives": share, "negatives": share, "rows": n}}}, warnings)``
+        (a share is None without such rows); a warning per split whose shares differ by more
+        than :data:`OOV_GAP_WARN`.
+    """
+    target = pl.lit(None, pl.Int32)
+    for g, group in reversed(list(enumerate(c.GROUPS))):
+        field = c.GROUP_FIELDS[group][0]
+        target = pl.when(pl.col(c.GROUP_IDX) == g).then(pl.col(field)).otherwise(target)
+    frame = samples.with_columns((target == c.OOV_INDEX).alias(_OOV))
+    out: dict[str, Any] = {}
+    warnings: list[str] = []
+    for t in tasks:
+        lab = pl.col(c.label_col(t))
+        rows = (
+            frame.filter(lab.is_not_null())
+            .group_by(SPLIT, lab.alias("label"))
+            .agg(pl.len().alias("n"), pl.col(_OOV).mean().alias("share"))
+        )
+        got = {(r[SPLIT], r["label"]): r for r in rows.iter_rows(named=True)}
+        out[t] = {}
+        for i, split in enumerate(c.SPLITS):
+            pos, neg = got.get((i, 1)), got.get((i, 0))
+            entry = {
+                "positives": None if pos is None else float(pos["share"]),
+                "negatives": None if neg is None else float(neg["share"]),
+                "rows": {
+                    "positives": 0 if pos is None else pos["n"],
+                    "negatives": 0 if neg is None else neg["n"],
+                },
+            }
+            out[t][split] = entry
+            a, b = entry["positives"], entry["negatives"]
+            big = min(entry["rows"].values()) >= OOV_GAP_MIN_ROWS
+            if a is not None and b is not None and big and abs(a - b) > OOV_GAP_WARN:
+                warnings.append(
+                    f"task {t!r}, {split}: {a:.1%} of positives but {b:.1%} of negatives have an "
+                    "out-of-vocabulary target: being unknown predicts the label (with "
+                    "protocol=next_item, dataset.negative_pool=matched avoids it)"
+                )
+    return out, warnings
