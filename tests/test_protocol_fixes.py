@@ -161,3 +161,11 @@ def test_sampling_options_from_the_dataset_config(tmp_path: Path) -> None:
     assert "target_oov" in res.report and "in_history" in info["tasks"]["click"]
     with pytest.raises(PrepError, match=r"dataset\.negative_pool"):
         prepare_from_config({**base, "negative_pool": "everything"}, PrepConfig(), tmp_path)
+
+
+def test_paper_l2_is_the_official_rate_converted(compose_cfg: Any) -> None:
+    # The loss takes the per-row mean of ||u||^2 + ||t||^2; the official code adds
+    # rate * sum_rows(...) / 2, so the official rate 5e-5 is l2_weight = rate * batch / 2.
+    cfg = compose_cfg("experiment=paper_amazon", tiny=False)
+    assert cfg.model.l2_weight == pytest.approx(5e-5 * cfg.data.batch_size / 2)
+    assert cfg.data.batch_size == 32
