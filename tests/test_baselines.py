@@ -26,7 +26,7 @@ from torch import Tensor
 from atrank.model import ENCODERS, ATRankModel, DataShape, ModelConfig, build_model
 from atrank.model.baselines import BiLSTMEncoder, MeanPoolEncoder, left_align
 
-ALL = ("none", "mean", "bpr", "bilstm", "bilstm_att", "cnn", "din", "atrank")
+ALL = ("none", "mean", "bpr", "bilstm", "bilstm_att", "cnn", "target_att", "din", "atrank")
 #: Memory length T' per encoder: "T" follows the history, an int is fixed.
 MEMORY_LEN: dict[str, int | str] = {
     "none": 0,
@@ -35,6 +35,7 @@ MEMORY_LEN: dict[str, int | str] = {
     "bilstm": 1,
     "bilstm_att": "T",
     "cnn": 1,
+    "target_att": "T",
     "din": "T",
     "atrank": "T",
 }

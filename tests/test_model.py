@@ -348,6 +348,8 @@ def test_init_zeroes_padding_rows_and_bias_tables() -> None:
         ({"score": "cosine"}, "score"),
         ({"scorer": "fm"}, "scorer"),
         ({"mlp_hidden": [8, 0]}, "mlp_hidden"),
+        ({"din_hidden": [0]}, "din_hidden"),
+        ({"din_activation": "relu"}, "din_activation"),
         ({"l2_weight": -1.0}, "l2_weight"),
     ],
 )

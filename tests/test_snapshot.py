@@ -2,7 +2,9 @@
 
 The golden values were written by the code before the typed-config refactor; a change that
 moves any logit (initialisation order, a layer, a default) fails here, so refactors that must
-not change numbers are checked against them.
+not change numbers are checked against them. ``target_att`` holds the values written for the
+encoder then named ``din`` (the rename must not move them); ``din`` (DIN proper) was added
+with its own code.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from atrank.data.batch import Batch
 
 GOLDEN = Path(__file__).parent / "golden" / "model_logits.json"
-ENCODERS = ("atrank", "none", "mean", "bpr", "bilstm", "bilstm_att", "cnn", "din")
+ENCODERS = ("atrank", "none", "mean", "bpr", "bilstm", "bilstm_att", "cnn", "target_att", "din")
 VOCAB = {
     "item_id": 50,
     "category_id": 8,

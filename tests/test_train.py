@@ -221,7 +221,7 @@ def test_empty_split_is_refused(compose_cfg: Compose) -> None:
 
 
 @pytest.mark.parametrize(
-    "encoder", ["none", "mean", "bpr", "bilstm", "bilstm_att", "cnn", "din", "atrank"]
+    "encoder", ["none", "mean", "bpr", "bilstm", "bilstm_att", "cnn", "target_att", "din", "atrank"]
 )
 def test_every_encoder_trains_through_the_same_command(compose_cfg: Compose, encoder: str) -> None:
     metrics = train(compose_cfg(f"model/encoder={encoder}", "debug=fdr"))

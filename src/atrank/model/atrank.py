@@ -17,9 +17,10 @@ from atrank.data.batch import Batch
 from atrank.model import baselines  # noqa: F401 (importing it registers the baselines)
 from atrank.model.attention import MultiHeadAttentionBlock
 from atrank.model.config import DataShape, ModelConfig
+from atrank.model.din import DINHead
 from atrank.model.embedding import BehaviourEmbedding
-from atrank.model.encoder import ENCODERS, HistoryEncoder
-from atrank.model.heads import TaskHead
+from atrank.model.encoder import ENCODERS, HeadKind, HistoryEncoder
+from atrank.model.heads import ScoringHead, TaskHead
 
 EMBEDDING_STD = 0.02
 
@@ -43,7 +44,7 @@ class ATRankModel(nn.Module):
     Args:
         embedding: the behaviour embedding (fields, actions, time, per-group projections).
         encoder: the history encoder (ATRank self-attention or a baseline).
-        heads: ``task -> TaskHead``.
+        heads: ``task -> ScoringHead`` (:class:`TaskHead`, or :class:`DINHead` for DIN).
         task_groups: ``task -> group of its targets``; same task names as ``heads``.
         init_weights: apply :meth:`_init_weights` to every submodule (False keeps the given
             modules' weights, e.g. pretrained or shared ones).
@@ -95,7 +96,7 @@ class ATRankModel(nn.Module):
         elif isinstance(module, MultiHeadAttentionBlock) and module.bilinear is not None:
             with torch.no_grad():
                 module.bilinear.copy_(torch.eye(module.head_dim).expand_as(module.bilinear))
-        elif isinstance(module, TaskHead) and module.bias is not None:
+        elif isinstance(module, ScoringHead) and module.bias is not None:
             nn.init.zeros_(module.bias.weight)
 
     def encode_history(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -190,18 +191,32 @@ def build_model(config: ModelConfig, shape: DataShape, task_groups: dict[str, st
     history_encoder = ENCODERS[config.encoder](config, shape)
     heads = nn.ModuleDict(
         {
-            task: TaskHead(
-                d_model=config.d_model,
-                n_heads=config.n_heads,
-                ffn_dim=config.ffn,
-                n_targets=shape.vocab_sizes[shape.id_field(group)],
-                dropout=config.dropout,
-                score=config.score,  # type: ignore[arg-type]
-                scorer=config.scorer,  # type: ignore[arg-type]
-                mlp_hidden=config.mlp_hidden,
-            )
+            task: _head(config, shape.vocab_sizes[shape.id_field(group)], history_encoder.head_kind)
             for task, group in task_groups.items()
             if group in shape.group_fields  # (an unknown group is refused by ATRankModel)
         }
     )
     return ATRankModel(embedding, history_encoder, heads, task_groups)
+
+
+def _head(config: ModelConfig, n_targets: int, kind: HeadKind) -> ScoringHead:
+    """One task head of the kind the encoder asks for, scoring ``n_targets`` ids."""
+    if kind == "din":
+        return DINHead(
+            d_model=config.d_model,
+            n_targets=n_targets,
+            hidden=config.din_hidden,
+            activation=config.din_activation,  # type: ignore[arg-type]
+            scorer=config.scorer,  # type: ignore[arg-type]
+            mlp_hidden=config.mlp_hidden,
+        )
+    return TaskHead(
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        ffn_dim=config.ffn,
+        n_targets=n_targets,
+        dropout=config.dropout,
+        score=config.score,  # type: ignore[arg-type]
+        scorer=config.scorer,  # type: ignore[arg-type]
+        mlp_hidden=config.mlp_hidden,
+    )

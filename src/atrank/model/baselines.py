@@ -1,8 +1,9 @@
-"""The ATRank paper's baseline encoders, plus DIN and mean pooling, under one interface.
+"""The ATRank paper's baseline encoders, plus target attention, DIN and mean pooling.
 
 Every encoder here plugs into the same embedding and task heads as ATRank (see
 :class:`atrank.model.encoder.HistoryEncoder`): it maps the embedded history to a memory and
-its mask, and the heads' target attention reads that memory. Pooled encoders return one slot
+its mask, and the heads' target attention reads that memory (DIN's heads read it by DIN's
+activation unit instead: ``head_kind = "din"``). Pooled encoders return one slot
 (``T' = 1``), masked out when the history is empty. Importing this module registers them in
 :data:`atrank.model.encoder.ENCODERS`.
 
@@ -19,6 +20,7 @@ Shape glossary:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from atrank.data.batch import Batch
-from atrank.model.encoder import ENCODERS, EncoderFactory, HistoryEncoder
+from atrank.model.encoder import ENCODERS, EncoderFactory, HeadKind, HistoryEncoder
 
 
 def left_align(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,11 +54,26 @@ def _prefix_mask(lengths: Tensor, size: int) -> Tensor:
 
 
 class IdentityEncoder(HistoryEncoder):
-    """DIN-style: no self-attention, the heads' target attention reads the embedded history."""
+    """Target attention over the raw behaviours: ATRank without self-attention.
+
+    The memory is the embedded history itself; the heads' target attention reads it
+    (``target_att``). Not DIN: that is :class:`DINEncoder`.
+    """
 
     def forward(self, x: Tensor, mask: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """See :meth:`HistoryEncoder.forward`; returns ``(x, mask)`` unchanged (``T' = T``)."""
         return x, mask
+
+
+class DINEncoder(IdentityEncoder):
+    """DIN (Zhou et al., 2018): the raw behaviours, read by DIN's local activation unit.
+
+    The memory is the embedded history, as for ``target_att``; the task heads are
+    :class:`atrank.model.din.DINHead` (unnormalised activation-unit weights instead of
+    softmax attention), behind the same scorer and L2 term.
+    """
+
+    head_kind: ClassVar[HeadKind] = "din"
 
 
 class MeanPoolEncoder(HistoryEncoder):
@@ -71,11 +88,14 @@ class MeanPoolEncoder(HistoryEncoder):
 
 
 class UserEmbeddingEncoder(HistoryEncoder):
-    """BPR-MF: a free user vector as the memory; the behaviour history is not read.
+    """BPR-MF's model, trained here with the pointwise BCE loss, not BPR's pairwise one.
 
-    Through the shared heads the score is ``<u, t> + bias[t]`` with ``u`` the head's attention
-    block applied to the user vector (one always-valid slot), so MF here differs from the
-    paper's BPR-MF by that block and by the pointwise (not pairwise) loss.
+    A free user vector is the memory; the behaviour history is not read. Through the shared
+    heads the score is ``<u, t> + bias[t]`` with ``u`` the head's attention block applied to
+    the user vector (one always-valid slot), so MF here differs from the paper's BPR-MF by
+    that block and by the loss: like every encoder it is trained with the masked sigmoid
+    cross-entropy of :func:`atrank.model.loss.multitask_loss` on labelled (target, label)
+    rows, so its results are those of a pointwise MF, not of BPR's ranking loss.
 
     Args:
         n_users: rows of the user table (``batch.user`` indexes it, from 0).
@@ -181,7 +201,8 @@ BASELINES: dict[str, EncoderFactory] = {
     "bilstm": lambda c, s: BiLSTMEncoder(c.d_model, attend=False),
     "bilstm_att": lambda c, s: BiLSTMEncoder(c.d_model, attend=True),
     "cnn": lambda c, s: CNNEncoder(c.d_model),
-    "din": lambda c, s: IdentityEncoder(),
+    "target_att": lambda c, s: IdentityEncoder(),
+    "din": lambda c, s: DINEncoder(),
 }
 
 
@@ -198,6 +219,7 @@ __all__ = [
     "BASELINES",
     "BiLSTMEncoder",
     "CNNEncoder",
+    "DINEncoder",
     "IdentityEncoder",
     "MeanPoolEncoder",
     "UserEmbeddingEncoder",

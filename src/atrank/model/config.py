@@ -18,6 +18,9 @@ SCORES: tuple[str, ...] = get_args(ScoreKind)
 ScorerKind = Literal["dot", "mlp"]
 #: Task scorers: ``dot`` (``<u, t> + bias``, the paper) or ``mlp`` over ``[u, t, u * t]``.
 SCORERS: tuple[str, ...] = get_args(ScorerKind)
+DINActivation = Literal["dice", "prelu"]
+#: Activations of DIN's activation unit: ``dice`` (the DIN paper's) or ``prelu``.
+DIN_ACTIVATIONS: tuple[str, ...] = get_args(DINActivation)
 
 
 class SettingError(ValueError):
@@ -39,7 +42,8 @@ class ModelConfig:
 
     Attributes:
         encoder: the history encoder, a name in :data:`atrank.model.encoder.ENCODERS`
-            (``atrank`` or a baseline).
+            (``atrank`` or a baseline); it also chooses how the task heads read the history
+            (target attention, or DIN's activation unit for ``din``).
         field_dim: width of each field, action and time embedding.
         d_model: the shared latent size ``d``.
         n_heads: attention heads (the paper's latent semantic spaces); must divide ``d_model``.
@@ -49,8 +53,15 @@ class ModelConfig:
         score: attention score, ``dot`` or ``bilinear``.
         scorer: task scorer, ``dot`` or ``mlp``.
         mlp_hidden: hidden widths of the MLP scorer.
-        l2_weight: weight of the L2 term on the user and target vectors (applied by the
-            loss, per labelled row; see :func:`atrank.model.loss.multitask_loss`).
+        din_hidden: hidden widths of DIN's local activation unit (encoder ``din`` only;
+            36 in the DIN paper's figure, 80 and 40 in its code).
+        din_activation: activation of those layers, ``dice`` or ``prelu`` (``din`` only).
+        l2_weight: weight of the *per-row mean* of ``||u||^2 + ||t||^2`` (user and target
+            vectors) added to each task's mean loss (see
+            :func:`atrank.model.loss.multitask_loss`). Not the official code's rate, which
+            multiplies a batch *sum* of ``||x||^2 / 2``: ``l2_weight = rate * batch / 2``
+            (the official 5e-5 at batch 32 is 8e-4; ``experiment=paper_amazon``). The
+            default 5e-5 is this platform's own choice at batch 512.
 
     Raises:
         SettingError: naming the first invalid setting.
@@ -66,6 +77,8 @@ class ModelConfig:
     score: str = "dot"
     scorer: str = "dot"
     mlp_hidden: list[int] = field(default_factory=lambda: [64])
+    din_hidden: list[int] = field(default_factory=lambda: [36])
+    din_activation: str = "dice"
     l2_weight: float = 5e-5
 
     def __post_init__(self) -> None:
@@ -100,6 +113,16 @@ class ModelConfig:
             all(h >= 1 for h in self.mlp_hidden),
             "mlp_hidden",
             f"widths must be >= 1, got {list(self.mlp_hidden)}",
+        )
+        _require(
+            all(h >= 1 for h in self.din_hidden),
+            "din_hidden",
+            f"widths must be >= 1, got {list(self.din_hidden)}",
+        )
+        _require(
+            self.din_activation in DIN_ACTIVATIONS,
+            "din_activation",
+            f"must be one of {list(DIN_ACTIVATIONS)}, got {self.din_activation!r}",
         )
         _require(self.l2_weight >= 0, "l2_weight", f"must be >= 0, got {self.l2_weight}")
 

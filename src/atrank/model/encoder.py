@@ -10,12 +10,18 @@ Shape glossary:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar, Literal
 
 from torch import Tensor, nn
 
 from atrank.data.batch import Batch
 from atrank.model.attention import MultiHeadAttentionBlock
 from atrank.model.config import DataShape, ModelConfig, ScoreKind
+
+#: How the task heads read an encoder's memory: ``attention`` (target attention,
+#: :class:`atrank.model.heads.TaskHead`) or ``din`` (DIN's local activation unit,
+#: :class:`atrank.model.din.DINHead`).
+HeadKind = Literal["attention", "din"]
 
 
 class HistoryEncoder(nn.Module):
@@ -30,9 +36,12 @@ class HistoryEncoder(nn.Module):
         uses_history: False for encoders that do not read the behaviour history; the model
             then skips embedding it and passes an empty ``x`` (``T = 0``). The batch is still
             passed (e.g. for ``batch.user``).
+        head_kind: how the task heads read the memory (:data:`HeadKind`); the encoder's
+            name chooses it, so ``model.encoder`` alone names the model.
     """
 
     uses_history: bool = True
+    head_kind: ClassVar[HeadKind] = "attention"
 
     def forward(self, x: Tensor, mask: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """Encodes a padded history.

@@ -1,4 +1,8 @@
-"""Task heads: vanilla (target) attention over the encoded history, then a score.
+"""Task heads: a user vector read from the encoded history, then a score.
+
+:class:`ScoringHead` holds what every head shares (the scorer after the user vector and the
+L2 term); :class:`TaskHead` reads the history by vanilla (target) attention, as ATRank.
+DIN's head (:class:`atrank.model.din.DINHead`) reads it by DIN's local activation unit.
 
 Shape glossary:
     B  batch size
@@ -17,13 +21,69 @@ from atrank.model.attention import MultiHeadAttentionBlock
 from atrank.model.config import ScoreKind, ScorerKind
 
 
-class TaskHead(nn.Module):
+class ScoringHead(nn.Module):
+    """Base of the task heads: user vector ``u`` (a subclass reads it) -> logit, L2 term.
+
+    Score ``"dot"``: ``<u, t> + bias[target id]`` (the paper); ``"mlp"``: an MLP over
+    ``[u, t, u * t]``. A subclass builds its reader of the history first, then calls
+    :meth:`_add_scorer` (the order fixes the parameters' initialisation order), and
+    implements :meth:`_user_vectors`.
+    """
+
+    bias: nn.Embedding | None
+    mlp: nn.Sequential | None
+
+    def _add_scorer(
+        self, d_model: int, n_targets: int, scorer: ScorerKind, mlp_hidden: Sequence[int]
+    ) -> None:
+        # The bias table starts at zero (set by ATRankModel._init_weights).
+        self.bias = nn.Embedding(n_targets, 1) if scorer == "dot" else None
+        self.mlp = _mlp(3 * d_model, mlp_hidden) if scorer == "mlp" else None
+
+    def forward(
+        self,
+        target: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor,
+        target_ids: Tensor,
+        owner: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Scores the targets against the users' encoded histories.
+
+        Args:
+            target: ``(B, d)`` target vectors.
+            memory: ``(U, T, d)`` encoded history.
+            memory_mask: ``(U, T)`` bool, True at real behaviours.
+            target_ids: ``(B,)`` long, the targets' id (key of the bias table).
+            owner: ``(B,)`` long, the memory row of each target (every target of a row is
+                scored against it); None means ``U = B``, row ``i`` for target ``i``.
+
+        Returns:
+            ``(logits, l2)``, both ``(B,)``: the logits and ``||u||^2 + ||t||^2`` per row.
+        """
+        u = self._user_vectors(target, memory, memory_mask, owner)  # (B, d)
+        if self.mlp is not None:
+            logits = self.mlp(torch.cat([u, target, u * target], dim=-1)).squeeze(-1)  # (B,)
+        else:
+            assert self.bias is not None
+            logits = (u * target).sum(-1) + self.bias(target_ids).squeeze(-1)  # (B,)
+        l2 = u.pow(2).sum(-1) + target.pow(2).sum(-1)  # (B,)
+        return logits, l2
+
+    def _user_vectors(
+        self, target: Tensor, memory: Tensor, memory_mask: Tensor, owner: Tensor | None
+    ) -> Tensor:
+        """``(B, d)`` user vectors, one per target (arguments as :meth:`forward`)."""
+        raise NotImplementedError
+
+
+class TaskHead(ScoringHead):
     """One task's head: target attention -> user vector ``u`` -> logit.
 
     The target vector (the query, ``(B, 1, d)``) attends over the encoded history with the
     history padding mask, through the same block type as the encoder; the output is the user
-    vector ``u`` for this target. Score ``"dot"``: ``<u, t> + bias[target id]`` (the paper);
-    ``"mlp"``: an MLP over ``[u, t, u * t]``.
+    vector ``u`` for this target, scored as :class:`ScoringHead` says. With ``owner``, the
+    keys and values are projected once per memory row.
 
     Args:
         d_model: hidden size ``d``.
@@ -49,39 +109,7 @@ class TaskHead(nn.Module):
     ) -> None:
         super().__init__()
         self.attention = MultiHeadAttentionBlock(d_model, n_heads, ffn_dim, dropout, score)
-        # The bias table starts at zero (set by ATRankModel._init_weights).
-        self.bias = nn.Embedding(n_targets, 1) if scorer == "dot" else None
-        self.mlp = _mlp(3 * d_model, mlp_hidden) if scorer == "mlp" else None
-
-    def forward(
-        self,
-        target: Tensor,
-        memory: Tensor,
-        memory_mask: Tensor,
-        target_ids: Tensor,
-        owner: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Scores the targets against the users' encoded histories.
-
-        Args:
-            target: ``(B, d)`` target vectors.
-            memory: ``(U, T, d)`` encoded history.
-            memory_mask: ``(U, T)`` bool, True at real behaviours.
-            target_ids: ``(B,)`` long, the targets' id (key of the bias table).
-            owner: ``(B,)`` long, the memory row of each target (keys and values projected
-                once per row); None means ``U = B``, row ``i`` for target ``i``.
-
-        Returns:
-            ``(logits, l2)``, both ``(B,)``: the logits and ``||u||^2 + ||t||^2`` per row.
-        """
-        u = self._user_vectors(target, memory, memory_mask, owner)  # (B, d)
-        if self.mlp is not None:
-            logits = self.mlp(torch.cat([u, target, u * target], dim=-1)).squeeze(-1)  # (B,)
-        else:
-            assert self.bias is not None
-            logits = (u * target).sum(-1) + self.bias(target_ids).squeeze(-1)  # (B,)
-        l2 = u.pow(2).sum(-1) + target.pow(2).sum(-1)  # (B,)
-        return logits, l2
+        self._add_scorer(d_model, n_targets, scorer, mlp_hidden)
 
     def _user_vectors(
         self, target: Tensor, memory: Tensor, memory_mask: Tensor, owner: Tensor | None
