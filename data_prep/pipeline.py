@@ -233,7 +233,7 @@ def _prepare(
     del ev
     samples_df = build_samples(sm, sm_info, fitted, timeline, users, cut)
 
-    report = {
+    report: dict[str, Any] = {
         "events": table_report(stats, EV, [r for r, _ in drop_rules(ev_info)], ev_info),
         "samples": table_report(stats, SM, [r for r, _ in drop_rules(sm_info)], sm_info),
         "splits": split_counts(samples_df, sm_info.tasks),

@@ -6,7 +6,8 @@ real-data adapters). The ``dataset`` config is ``name`` (the source), the source
 type than the reader's annotation, e.g. ``ts_min=abc``, is a :class:`PrepError` naming
 ``dataset.<key>``, raised before anything is read) and the protocol keys:
 
-- ``protocol``: one the source gives (:attr:`Source.protocols`, its default first):
+- ``protocol``: one the source gives (:attr:`Source.protocols`, its default first, or the
+  one :attr:`Source.pick_protocol` chooses from the options: ``events`` by its impressions):
   ``global_time`` (the source's own labelled samples, e.g. the simulator's impressions or
   O2O coupon use; the global time cut of ``prep``) or ``next_item`` (the paper's protocol on
   positive-only logs, see :mod:`data_prep.sources.protocol`; split ``leave_last_out``);
@@ -16,6 +17,9 @@ type than the reader's annotation, e.g. ``ts_min=abc``, is a :class:`PrepError` 
   how negatives are drawn: ``negative_pool`` (``matched``), ``negative_weights``
   (``uniform``) and ``negative_exclude`` (``user_items``); see
   :class:`~data_prep.sources.protocol.NegativeSampling`.
+- ``kcore`` (every source; default null: off): the users and items kept have at least that
+  many item interactions each (:mod:`data_prep.passes.kcore`, right after the source is
+  read, before the protocol); its counts land in ``source.kcore`` of both files.
 
 The source's skip counts and notes land in ``report.json`` (``source``) and ``meta.json``
 (``source``); the files it actually read (``AdapterResult.inputs``) are fingerprinted, so a
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,7 @@ from data_prep.errors import PrepError
 from data_prep.locks import folder_lock
 from data_prep.meta import read_meta
 from data_prep.passes.derive import DerivedTask, add_derived_labels, check_negatives
+from data_prep.passes.kcore import kcore_filter
 from data_prep.pipeline import PrepConfig, PrepResult, fingerprint, prepare, up_to_date
 from data_prep.sources import GLOBAL_TIME, NEXT_ITEM, SOURCES, AdapterResult, Source
 from data_prep.sources.protocol import PROTOCOL_VERSION, NegativeSampling, next_item_samples
@@ -89,9 +94,14 @@ def prepare_from_config(
         raise PrepError(f"dataset.name: unknown dataset {name!r}; known: {sorted(SOURCES)}")
     source = SOURCES[name]
     derived = dict(derive or {})
+    kcore = _kcore_setting(params)  # (null or absent: off, and not in the fingerprint)
     fp_config: dict[str, Any] = {"dataset": {"name": name, **params}, "prep": asdict(prep)}
+    if kcore is not None:
+        fp_config["dataset"]["kcore"] = kcore
     if derived:  # (absent when empty: earlier preparations keep their fingerprint)
         fp_config["derive"] = {k: asdict(t) for k, t in derived.items()}
+    if source.pick_protocol is not None:  # (e.g. events: by whether impressions are given)
+        params["protocol"] = source.pick_protocol(params)
     proto = _protocol_settings(source, params)
     if proto["protocol"] == NEXT_ITEM:  # (the sampling's resolved defaults, and the
         # protocol's version: samples made by an older protocol are made again)
@@ -105,12 +115,14 @@ def prepare_from_config(
             return done  # checked before reading the source: no simulation, no scan
         extra = {"cache_dir": cache_dir} if source.needs_cache else {}
         result = source.read(**opts, **extra)
+        result, kcore_report = _kcore(result, kcore)
         inputs = _inputs(files, result.inputs)
         report: dict[str, Any] = {
             "adapter": name,
             "skipped": dict(result.skipped),
             "notes": list(result.notes),
             "protocol": proto["protocol"],
+            **kcore_report,
         }
         if proto["protocol"] == NEXT_ITEM:
             events, samples = _next_item(result, proto, derived, report)
@@ -127,6 +139,7 @@ def prepare_from_config(
             **proto,
             "skipped": report["skipped"],
             "notes": report["notes"],
+            **kcore_report,
             **result.details,
         }
         fp = fingerprint(fp_config, inputs)
@@ -184,7 +197,7 @@ def _options(name: str, source: Source, params: dict[str, Any]) -> dict[str, Any
     hints = typing.get_type_hints(source.read)
     for key, v in params.items():
         if key not in source.options:
-            keys = [*source.options, "protocol"]
+            keys = [*source.options, "protocol", "kcore"]
             if NEXT_ITEM in source.protocols:
                 keys += _NEXT_ITEM_KEYS
             raise PrepError(
@@ -262,3 +275,23 @@ def _own_samples(
             f"protocol={NEXT_ITEM}"
         )
     return add_derived_labels(result.events, result.samples, derived, name)
+
+
+def _kcore_setting(params: dict[str, Any]) -> int | None:
+    """Pops and checks ``kcore`` (any source; null or absent: no k-core filtering)."""
+    k = params.pop("kcore", None)
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise PrepError(f"dataset.kcore: expected an integer >= 1 or null, got {k!r}")
+    return k
+
+
+def _kcore(result: AdapterResult, k: int | None) -> tuple[AdapterResult, dict[str, Any]]:
+    """The source's tables k-core filtered (:mod:`data_prep.passes.kcore`), and their
+    ``kcore`` entry of the report (none when off)."""
+    if k is None:
+        return result, {}
+    try:
+        core = kcore_filter(result.events, result.samples, k)
+    except PrepError as e:
+        raise PrepError(f"dataset.{e}") from None
+    return replace(result, events=core.events, samples=core.samples), {"kcore": core.stats}

@@ -13,7 +13,7 @@ from data_prep import contract as C
 from data_prep.pipeline import PrepConfig, PrepError, prepare
 from data_prep.run import prepare_from_config
 from data_prep.schema import EVENT_SCHEMA
-from data_prep.sources.protocol import NegativeSampling, Pool, draw_negatives, next_item_samples
+from data_prep.sources.protocol import Pool, draw_negatives, next_item_samples
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(

@@ -169,3 +169,16 @@ def test_paper_l2_is_the_official_rate_converted(compose_cfg: Any) -> None:
     cfg = compose_cfg("experiment=paper_amazon", tiny=False)
     assert cfg.model.l2_weight == pytest.approx(5e-5 * cfg.data.batch_size / 2)
     assert cfg.data.batch_size == 32
+
+
+def test_a_pool_without_allowed_items_falls_back_to_every_item() -> None:
+    # u1 touched every known item (k0-k3; k4 is first seen at u1's val pair): the negatives
+    # of u1's 4 known positives (3 train, the test k0) can only be unknown items (counted),
+    # and no pair is lost.
+    rows = [("u0", t, "click", f"k{t % 3}") for t in range(3)]
+    rows += [("u0", 10, "click", "new_a"), ("u0", 11, "click", "new_b")]
+    rows += [("u1", t, "click", f"k{t % 5}") for t in range(6)]
+    sm, stats = next_item_samples(_events(rows), {"click": ["click"]})
+    t = stats["tasks"]["click"]
+    assert t["pairs_without_negative"] == 0 and t["negatives_from_every_item"] == 4
+    assert t["rows"]["val"] == 4 and t["rows"]["test"] == 4

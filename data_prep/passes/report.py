@@ -199,17 +199,11 @@ def target_oov(samples: pl.DataFrame, tasks: tuple[str, ...]) -> tuple[dict[str,
         out[t] = {}
         for i, split in enumerate(c.SPLITS):
             pos, neg = got.get((i, 1)), got.get((i, 0))
-            entry = {
-                "positives": None if pos is None else float(pos["share"]),
-                "negatives": None if neg is None else float(neg["share"]),
-                "rows": {
-                    "positives": 0 if pos is None else pos["n"],
-                    "negatives": 0 if neg is None else neg["n"],
-                },
-            }
-            out[t][split] = entry
-            a, b = entry["positives"], entry["negatives"]
-            big = min(entry["rows"].values()) >= OOV_GAP_MIN_ROWS
+            a = None if pos is None else float(pos["share"])
+            b = None if neg is None else float(neg["share"])
+            counts = {"positives": pos["n"] if pos else 0, "negatives": neg["n"] if neg else 0}
+            out[t][split] = {"positives": a, "negatives": b, "rows": counts}
+            big = min(counts.values()) >= OOV_GAP_MIN_ROWS
             if a is not None and b is not None and big and abs(a - b) > OOV_GAP_WARN:
                 warnings.append(
                     f"task {t!r}, {split}: {a:.1%} of positives but {b:.1%} of negatives have an "

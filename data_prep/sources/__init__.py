@@ -2,7 +2,9 @@
 
 :data:`SOURCES` maps a dataset name to its :class:`Source`: the simulator (``sim``) and the
 real-data adapters (:data:`ADAPTERS`: ``amazon_reviews``, ``amazon_seq``, ``taobao``,
-``o2o``, ``movielens``), one reader per original file format. Every reader returns an
+``o2o``, ``movielens``, one reader per original file format, and ``events``, a log of your
+own: parquet or CSV, its columns mapped in the config, :mod:`data_prep.sources.events`).
+Every reader returns an
 :class:`~data_prep.sources.base.AdapterResult` (events, samples or None, skip counts, notes,
 the files read); adapter failures are :class:`~data_prep.sources.base.AdapterError` naming
 the file, line and problem (policy in :mod:`data_prep.sources.base`, each format's mapping in
@@ -13,12 +15,15 @@ events. :func:`data_prep.run.prepare_from_config` reads any of them the same way
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
+from data_prep.errors import PrepError
 from data_prep.sources.amazon_reviews import read_amazon_reviews
 from data_prep.sources.amazon_seq import read_amazon_seq
 from data_prep.sources.base import AdapterError, AdapterResult
+from data_prep.sources.events import read_events
 from data_prep.sources.movielens import read_movielens
 from data_prep.sources.o2o import read_o2o
 from data_prep.sources.sim import SimConfig, read_sim
@@ -44,6 +49,9 @@ class Source:
             fingerprinted.
         required: at least one of these options must be given (named by the first).
         needs_cache: the reader keeps generated raw data under the cache directory.
+        pick_protocol: chooses the protocol from the ``dataset`` config (its options and
+            ``protocol``, null = choose) instead of the first of ``protocols``, raising a
+            :class:`PrepError` when the given one does not fit the options; None = not used.
     """
 
     read: Callable[..., AdapterResult]
@@ -52,6 +60,7 @@ class Source:
     files: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
     needs_cache: bool = False
+    pick_protocol: Callable[[Mapping[str, Any]], str] | None = None
 
 
 #: Adapter name -> reader ``(path, **options) -> AdapterResult``.
@@ -61,10 +70,11 @@ ADAPTERS: dict[str, Callable[..., AdapterResult]] = {
     "taobao": read_taobao,
     "o2o": read_o2o,
     "movielens": read_movielens,
+    "events": read_events,
 }
 
 #: Options of the adapters that name input files besides ``path``.
-_FILE_OPTIONS = ("attributes", "reviews", "meta")
+_FILE_OPTIONS = ("attributes", "reviews", "meta", "impressions")
 
 
 def _adapter(name: str, protocols: tuple[str, ...] = (NEXT_ITEM, GLOBAL_TIME)) -> Source:
@@ -76,8 +86,30 @@ def _adapter(name: str, protocols: tuple[str, ...] = (NEXT_ITEM, GLOBAL_TIME)) -
     return Source(read, protocols, options, files, required)
 
 
+def _events_protocol(dataset: Mapping[str, Any]) -> str:
+    """The ``events`` source's protocol: ``global_time`` with labelled impressions (its own
+    samples), ``next_item`` without; a given protocol must fit."""
+    with_impressions = dataset.get("impressions") not in (None, "", "???")
+    fits = GLOBAL_TIME if with_impressions else NEXT_ITEM
+    given = dataset.get("protocol")
+    if given == NEXT_ITEM and with_impressions:
+        raise PrepError(
+            f"dataset.protocol: {NEXT_ITEM} makes its samples from the events, but "
+            "dataset.impressions gives labelled samples; use protocol=global_time (the "
+            "default with impressions) or drop dataset.impressions"
+        )
+    if given == GLOBAL_TIME and not with_impressions:
+        raise PrepError(
+            f"dataset.protocol: {GLOBAL_TIME} needs labelled samples: give dataset.impressions "
+            f"and dataset.labels ({{task: column}}), or use protocol={NEXT_ITEM} (the default "
+            "without impressions)"
+        )
+    return fits if given is None else str(given)
+
+
 #: Dataset name -> source. The simulator and O2O have labelled samples of their own (default
-#: ``global_time``); the other logs are positive-only (default ``next_item``).
+#: ``global_time``); the other logs are positive-only (default ``next_item``); ``events``
+#: is either, by whether labelled impressions are given.
 SOURCES: dict[str, Source] = {
     "sim": Source(
         read_sim,
@@ -85,8 +117,9 @@ SOURCES: dict[str, Source] = {
         options=tuple(f.name for f in fields(SimConfig)),
         needs_cache=True,
     ),
-    **{name: _adapter(name) for name in ADAPTERS if name != "o2o"},
+    **{name: _adapter(name) for name in ADAPTERS if name not in ("o2o", "events")},
     "o2o": _adapter("o2o", (GLOBAL_TIME, NEXT_ITEM)),
+    "events": replace(_adapter("events"), pick_protocol=_events_protocol),
 }
 
 __all__ = [

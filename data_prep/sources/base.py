@@ -299,6 +299,7 @@ def apply_checks(
     on_error: OnError,
     skipped: Counter[str],
     always_skip: tuple[str, ...] = POLICY_SKIPS,
+    where: str = "line",
 ) -> pl.LazyFrame:
     """Runs the row checks over one file's rows, then raises or counts, and filters.
 
@@ -313,6 +314,8 @@ def apply_checks(
             ``"skip"``: offending rows are dropped and counted.
         skipped: counter updated in place with the dropped rows by reason.
         always_skip: reasons that are dropped by policy in both modes (never raised).
+        where: what :data:`LINE` numbers in messages: ``"line"`` (text files) or ``"row"``
+            (the 1-based row of a parquet file, which has no lines).
 
     Returns:
         ``frame`` without the offending rows.
@@ -342,23 +345,23 @@ def apply_checks(
     )
     for reason, n, line, what in summary.iter_rows():
         if on_error == "raise" and reason not in always_skip:
-            raise AdapterError(f"{file}: line {line}: {reason}: {what}")
+            raise AdapterError(f"{file}: {where} {line}: {reason}: {what}")
         skipped[reason] += n
     if total.item() == summary["n"].sum():
-        raise AdapterError(_nothing_kept(file, summary))
+        raise AdapterError(_nothing_kept(file, summary, where))
     return flagged.filter(pl.col(_PROBLEM).is_null()).drop(_PROBLEM, _DETAIL)
 
 
-def _nothing_kept(file: Path, problems: pl.DataFrame) -> str:
-    """The message for a file none of whose lines was kept."""
+def _nothing_kept(file: Path, problems: pl.DataFrame, where: str = "line") -> str:
+    """The message for a file none of whose lines (rows) was kept."""
     if not problems.height:
-        return f"{file}: no data lines to read"
+        return f"{file}: no data {where}s to read"
     total = problems["n"].sum()
     why = "; ".join(
-        f"{reason}: {n} (first at line {line}: {what})"
+        f"{reason}: {n} (first at {where} {line}: {what})"
         for reason, n, line, what in problems.iter_rows()
     )
-    return f"{file}: no usable line: all {total} data lines were skipped ({why})"
+    return f"{file}: no usable {where}: all {total} data {where}s were skipped ({why})"
 
 
 def null_str() -> pl.Expr:

@@ -33,9 +33,10 @@ evaluation targets. (With one task nothing is dropped: the training pairs come f
 
 Drawn with numpy (``default_rng([seed, task position])``) in the users' order, collisions
 rejected and redrawn, vectorised; rows still colliding after a few rounds get an exact draw
-among their allowed items. A pair with no allowed item is dropped and counted
-(``pairs_without_negative``). A negative carries its item's first-seen non-null category,
-brand and shop.
+among their allowed items. A positive whose pool has no allowed item draws from every item
+instead (counted: ``negatives_from_every_item``); a pair with no allowed item at all is
+dropped and counted (``pairs_without_negative``). A negative carries its item's first-seen
+non-null category, brand and shop.
 
 The statistics per task include, per split, the share of positives and of negatives whose
 item is in the user's history (an earlier event of the user with that item, strictly before
@@ -349,6 +350,14 @@ def next_item_samples(
         p_item = np.repeat(pairs[_ICODE].to_numpy(), negatives)
         which = _which_pool(sampling, is_known[p_item])
         neg_code = draw_negatives(rng, u, p_item, pools, which, taken, n_items)
+        # A positive whose pool holds no allowed item (a small pool, a crowded user) draws
+        # from every item instead: its pair is kept, and counted.
+        lacking = np.flatnonzero((neg_code < 0) & (which != 2))
+        if lacking.size:
+            neg_code[lacking] = draw_negatives(
+                rng, u[lacking], p_item[lacking], pools, np.full(lacking.size, 2), taken, n_items
+            )
+        fallback = int((neg_code[lacking] >= 0).sum())
         ok = (neg_code >= 0).reshape(-1, negatives).all(axis=1)
         kept_pairs = pairs.filter(pl.Series(ok))
         negs = (
@@ -389,6 +398,7 @@ def next_item_samples(
             "users_without_pairs": per_user.filter(pl.col(_N) == 1).height,
             "train_rows_after_user_cut": dropped[task],
             "pairs_without_negative": int((~ok).sum()),
+            "negatives_from_every_item": fallback,
             "rows": {s: int(by.get(i, 0)) for i, s in enumerate(c.SPLITS)},
             "in_history": _history_stats(in_history),
         }
