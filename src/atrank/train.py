@@ -1,4 +1,5 @@
-"""Training run: compose -> data -> model -> system -> Lightning fit/test -> metrics.json.
+"""Training run: compose -> data -> model -> system -> Lightning fit/test -> metrics.json
+(and the run report, :mod:`atrank.report`).
 
 Config is read here (the edge) and nowhere below: everything else takes typed arguments.
 """
@@ -89,6 +90,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run, dm.prepared_meta, data_dir, run_config=plain(cfg), compile_model=True
     )
     callbacks: list[Callback] = instantiate_all(run.callbacks)
+    if run.report.enabled:
+        from atrank.report.callback import RunReport  # (matplotlib: only when reporting)
+
+        callbacks.append(
+            RunReport(
+                run.report,
+                run.paths.output_dir,
+                list(run.task),
+                dm.prepared_meta,
+                data_dir=data_dir,
+                run_config=stored,
+            )
+        )
     loggers: list[Logger] = instantiate_all(run.logger)
     trainer: L.Trainer = hydra.utils.instantiate(
         run.trainer, callbacks=callbacks, logger=loggers or False

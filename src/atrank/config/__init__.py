@@ -35,6 +35,7 @@ from atrank.config.run import (
     DataConfig,
     LossWeighting,
     PathsConfig,
+    ReportConfig,
     TaskSpec,
     TrainConfig,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "PathsConfig",
     "PredictConfig",
     "PrepJobConfig",
+    "ReportConfig",
     "ServeConfig",
     "Split",
     "TaskSpec",

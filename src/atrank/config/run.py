@@ -146,6 +146,51 @@ class TaskSpec:
             raise SettingError("positive" if key == "actions" else key, why) from None
 
 
+#: Evaluation stages a run report can cover.
+REPORT_STAGES = ("val", "test")
+
+
+@dataclass
+class ReportConfig:
+    """The run report (``atrank.report``): figures and tables per task, the run record.
+
+    Written into the run folder (``report.html`` and ``report/*.png``) with any logger, and
+    to W&B when ``logger=wandb``.
+
+    Attributes:
+        enabled: write the report.
+        stages: ``val`` (the best validation epoch by ``val/monitor``, drawn once at the end
+            of fitting) and/or ``test``.
+        max_points: most points kept per drawn curve (ROC, PR); the AUCs, ECE and segment
+            tables are computed on every sample.
+        n_bins: equal-width probability bins of the reliability diagram and the ECE.
+        history_bounds: ``[short, medium]``: a history of 1..short behaviours (in the
+            ``data.max_len`` window) is short, up to medium is medium, longer is long; 0 is
+            none.
+        attention_users: users whose attention the report shows (test stage; 0: none).
+    """
+
+    enabled: bool = True
+    stages: list[str] = field(default_factory=lambda: list(REPORT_STAGES))
+    max_points: int = 1000
+    n_bins: int = 15
+    history_bounds: list[int] = field(default_factory=lambda: [5, 15])
+    attention_users: int = 5
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.stages) - set(REPORT_STAGES))
+        if bad:
+            raise SettingError("stages", f"must be among {list(REPORT_STAGES)}, got {bad}")
+        for key, low in (("max_points", 2), ("n_bins", 2), ("attention_users", 0)):
+            if getattr(self, key) < low:
+                raise SettingError(key, f"must be >= {low}, got {getattr(self, key)}")
+        b = list(self.history_bounds)
+        if len(b) != 2 or not 1 <= b[0] < b[1]:
+            raise SettingError(
+                "history_bounds", f"must be [short, medium] with 1 <= short < medium, got {b}"
+            )
+
+
 @dataclass
 class TrainConfig:
     """The root of ``atrank-train``'s config (``conf/train.yaml``).
@@ -171,6 +216,7 @@ class TrainConfig:
             writing into a new run folder.
         resume: a run folder of ``atrank-train``: continue that run from its
             ``checkpoints/last.ckpt``, in that folder, with the configuration stored in it.
+        report: the run report (figures, tables, run record).
     """
 
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -192,6 +238,7 @@ class TrainConfig:
     test: bool = True
     ckpt_path: str | None = None
     resume: str | None = None
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         if self.resume is not None and self.ckpt_path is not None:

@@ -115,7 +115,7 @@ class ATRankSystem(L.LightningModule):
     def _stage_metrics(self, stage: str) -> dict[str, MetricCollection]:
         return dict(self.metrics[stage].items())  # type: ignore[operator]
 
-    def _eval_step(self, stage: str, batch: Batch) -> None:
+    def _eval_step(self, stage: str, batch: Batch) -> dict[str, Tensor]:
         out = self.model(batch)
         for task, metrics in self._stage_metrics(stage).items():
             mask = batch.label_mask[task]
@@ -124,12 +124,16 @@ class ATRankSystem(L.LightningModule):
                 target=batch.labels[task][mask].long(),
                 groups=batch.user[mask],
             )
+        return dict(out.logits)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("val", batch)
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        """Updates the validation metrics; returns task -> ``(B,)`` logits (for callbacks:
+        the run report)."""
+        return self._eval_step("val", batch)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("test", batch)
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        """Updates the test metrics; returns task -> ``(B,)`` logits."""
+        return self._eval_step("test", batch)
 
     def _eval_epoch_end(self, stage: str) -> None:
         weighted, total_w = 0.0, 0.0
