@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import DictConfig
 
 # The batch helpers of the model tests (pytest puts tests/ on sys.path: no __init__.py there).
 from test_model import GROUP_FIELDS, N_ACTIONS, N_BUCKETS, TASKS, VOCAB, make_batch
@@ -332,30 +330,3 @@ def action_value(section: Section, table: str, task: str, action: str, measure: 
         if row[0] == task and row[t.columns.index("action")] == action:
             return float(row[t.columns.index(measure)])
     raise KeyError((table, task, action))
-
-
-@pytest.mark.slow
-def test_default_model_purchase_head_attends_to_carts_more_than_the_click_head(
-    compose_cfg: Callable[..., DictConfig], tmp_path: Path
-) -> None:
-    from atrank.train import train
-
-    train(compose_cfg(f"paths.output_dir={tmp_path}", tiny=False))
-    (ckpt,) = (tmp_path / "checkpoints").glob("epoch*.ckpt")
-    model, dm, data_dir = load_run(ckpt)
-    names = AttentionNames.from_meta(dm.prepared_meta, data_dir)
-    tasks = by_key(attention_sections(model, dm.test_dataloader(), names))["attention/tasks"]
-    for measure in ("mass", "lift"):
-        print(
-            measure,
-            {
-                t: {a: action_value(tasks, "by_action", t, a, measure) for a in names.actions[2:]}
-                for t in ("click", "purchase")
-            },
-        )
-    for measure in ("mass", "lift"):
-        purchase = action_value(tasks, "by_action", "purchase", "cart", measure)
-        click = action_value(tasks, "by_action", "click", "cart", measure)
-        assert purchase > click, (measure, purchase, click)
-    # Carts draw more of the purchase head's attention than their share of the behaviours.
-    assert action_value(tasks, "by_action", "purchase", "cart", "lift") > 1.0

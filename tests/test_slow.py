@@ -36,11 +36,13 @@ from atrank.train import train
 
 TASKS = ("click", "purchase", "coupon")
 _ONE: dict[str, float] = {}  # the 1-process default run, shared by the tests below
+_ONE_DIR: list[Path] = []  # ... and its run folder
 
 
 def _default_run(compose_cfg: Callable[..., DictConfig], out: Path) -> dict[str, float]:
     if not _ONE:
         _ONE.update(train(compose_cfg(f"paths.output_dir={out}", tiny=False)))
+        _ONE_DIR.append(out)
     return _ONE
 
 
@@ -82,3 +84,27 @@ def test_two_processes_reach_one_process_quality(
         a1, a2 = one[f"test/{task}/auc"], two[f"test/{task}/auc"]
         print(f"{task}: 1 process {a1:.4f}  2 processes {a2:.4f}")
         assert a2 >= a1 - 0.015, (task, a1, a2)
+
+
+@pytest.mark.slow
+def test_default_model_purchase_head_attends_to_carts_more_than_the_click_head(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    # The simulator's purchase depends on the clicks and carts of the item: its head should
+    # look at carts more than the click head does (measured: docs/RESULTS.md).
+    from test_attention_report import action_value, by_key, load_run
+
+    from atrank.report.attention import AttentionNames, attention_sections
+
+    _default_run(compose_cfg, tmp_path / "atrank")
+    (ckpt,) = (_ONE_DIR[0] / "checkpoints").glob("epoch*.ckpt")
+    model, dm, data_dir = load_run(ckpt)
+    names = AttentionNames.from_meta(dm.prepared_meta, data_dir)
+    tasks = by_key(attention_sections(model, dm.test_dataloader(), names))["attention/tasks"]
+    for measure in ("mass", "lift"):
+        purchase = action_value(tasks, "by_action", "purchase", "cart", measure)
+        click = action_value(tasks, "by_action", "click", "cart", measure)
+        print(measure, "cart: purchase head", purchase, "click head", click)
+        assert purchase > click, (measure, purchase, click)
+    # Carts draw more of the purchase head's attention than their share of the behaviours.
+    assert action_value(tasks, "by_action", "purchase", "cart", "lift") > 1.0
