@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,14 @@ from omegaconf import DictConfig
 from test_baselines import model_for
 
 # The batch helpers of the model tests (pytest puts tests/ on sys.path: no __init__.py there).
-from test_model import TASKS, assert_same_output, make_batch, pad_more, scramble_padding
+from test_model import (
+    TASKS,
+    assert_same_output,
+    make_batch,
+    pad_more,
+    rows_of,
+    scramble_padding,
+)
 from torch import Tensor, nn
 
 from atrank.model import ATRankModel, Dice, DINHead, LocalActivationUnit, TaskHead
@@ -296,17 +302,7 @@ def test_scoring_many_targets_per_history_equals_one_row_each(
     with torch.no_grad():
         memory, mask = model.encode_history(users)
         once = model.score(memory, mask, targets.target, owner)
-        rows = replace(
-            users,
-            hist={f: v[owner] for f, v in users.hist.items()},
-            hist_action=users.hist_action[owner],
-            hist_time=users.hist_time[owner],
-            hist_group=users.hist_group[owner],
-            hist_mask=users.hist_mask[owner],
-            target=targets.target,
-            user=users.user[owner],
-        )
-        each = model(rows)
+        each = model(rows_of(users, targets, owner))
         single = []  # one target at a time, against its own history alone
         for i, o in enumerate(owner.tolist()):
             one = {f: v[i : i + 1] for f, v in targets.target.items()}

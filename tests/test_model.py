@@ -410,6 +410,20 @@ def test_padding_invariance_property(
         assert_same_output(model(batch), model(varied))
 
 
+def rows_of(users: Batch, targets: Batch, owner: torch.Tensor) -> Batch:
+    """One batch row per target: its owner's history (``users`` row ``owner[i]``) and target."""
+    return replace(
+        users,
+        hist={f: v[owner] for f, v in users.hist.items()},
+        hist_action=users.hist_action[owner],
+        hist_time=users.hist_time[owner],
+        hist_group=users.hist_group[owner],
+        hist_mask=users.hist_mask[owner],
+        target=targets.target,
+        user=users.user[owner],
+    )
+
+
 @pytest.mark.parametrize("counts", [[2, 1, 4], [1, 1, 10], [3, 0, 2]])
 @pytest.mark.parametrize("scorer", ["dot", "mlp"])
 def test_scoring_many_targets_per_history_equals_one_row_each(
@@ -425,15 +439,5 @@ def test_scoring_many_targets_per_history_equals_one_row_each(
     with torch.no_grad():
         memory, mask = model.encode_history(users)
         once = model.score(memory, mask, targets.target, owner)
-        rows = replace(
-            users,
-            hist={f: v[owner] for f, v in users.hist.items()},
-            hist_action=users.hist_action[owner],
-            hist_time=users.hist_time[owner],
-            hist_group=users.hist_group[owner],
-            hist_mask=users.hist_mask[owner],
-            target=targets.target,
-            user=users.user[owner],
-        )
-        each = model(rows)
+        each = model(rows_of(users, targets, owner))
     assert_same_output(once, each, tol=1e-5)
