@@ -44,6 +44,7 @@ SETUPS = {
     "beauty": Setup("beauty", "beauty_next_item", ("click",), ("pair_auc", "auc")),
     "ml100k": Setup("ml100k", "ml100k_next_item", ("click",), ("pair_auc", "auc")),
     "taobao": Setup("taobao", "taobao_click_purchase", ("click", "purchase"), ("auc", "gauc")),
+    "taobao_users": Setup("taobao_users", "taobao_users", ("click", "purchase"), ("auc", "gauc")),
 }
 
 #: The tuning grid: name -> overrides. Learning rate x regularisation (the L2 term on the
@@ -208,7 +209,7 @@ def main() -> None:
         }
         sections.append(f"## {name} (`experiment={setup.experiment}`)\n")
         sections.append(table(setup, results, rule_aucs(setup, args.out)) + "\n")
-    write_section(args.results, "reproduce", "\n".join(sections))
+    write_section(args.results, "reproduce_tuned", "\n".join(sections))
     print(f"wrote {args.results}")
 
 

@@ -177,7 +177,7 @@ def test_taobao_options_and_structure(tmp_path: Path) -> None:
     with gzip.open(tmp_path / "more.csv.gz", "wt") as f:
         f.write("9,90,900,fav,1511544099\n")
     assert events_of(ADAPTERS["taobao"](tmp_path)).height == 4
-    with pytest.raises(AdapterError, match="no \\*.csv"):
+    with pytest.raises(AdapterError, match=r"empty: folder holds no file matching \['\*\.csv'"):
         ADAPTERS["taobao"](_empty_dir(tmp_path))
     with pytest.raises(AdapterError, match="not found"):
         ADAPTERS["taobao"](tmp_path / "absent.csv")

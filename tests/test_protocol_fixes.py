@@ -182,3 +182,19 @@ def test_a_pool_without_allowed_items_falls_back_to_every_item() -> None:
     t = stats["tasks"]["click"]
     assert t["pairs_without_negative"] == 0 and t["negatives_from_every_item"] == 4
     assert t["rows"]["val"] == 4 and t["rows"]["test"] == 4
+
+
+def test_taobao_reads_the_folder_files_it_is_told(tmp_path: Path) -> None:
+    folder = tmp_path / "tb"
+    folder.mkdir()
+    (folder / "users_1.csv").write_text("1,10,5,pv,1511544070\n1,11,5,pv,1511544071\n")
+    (folder / "slice.csv").write_text("2,12,5,pv,1511544070\n")
+    from data_prep.sources.base import AdapterError
+    from data_prep.sources.taobao import read_taobao
+
+    got = read_taobao(folder, files=["users_*.csv"])
+    assert got.events.collect()[C.USER].to_list() == ["1", "1"]
+    assert [p.name for p in got.inputs] == ["users_1.csv"]
+    assert read_taobao(folder).events.collect().height == 3
+    with pytest.raises(AdapterError, match=r"tb: folder holds no file matching \['x\*'\]"):
+        read_taobao(folder, files=["x*"])

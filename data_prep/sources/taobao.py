@@ -56,15 +56,20 @@ BEHAVIOR_ACTIONS: dict[str, str] = {"pv": "click", "cart": "cart", "fav": "fav",
 _FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts_raw")
 
 
-def taobao_files(path: Path) -> list[Path]:
-    """The CSV files at ``path`` (the file itself, or a folder's ``*.csv[.gz]`` by name)."""
+DEFAULT_PATTERNS = ("*.csv", "*.csv.gz")
+
+
+def taobao_files(path: Path, patterns: list[str] | None = None) -> list[Path]:
+    """The CSV files at ``path``: the file itself, or a folder's files matching ``patterns``
+    (default ``*.csv`` and ``*.csv.gz``), by name."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise AdapterError(f"{path}: Taobao UserBehavior file or folder not found")
-    files = sorted([*path.glob("*.csv"), *path.glob("*.csv.gz")])
+    wanted = list(patterns or DEFAULT_PATTERNS)
+    files = sorted({f for p in wanted for f in path.glob(p) if f.is_file()})
     if not files:
-        raise AdapterError(f"{path}: folder holds no *.csv or *.csv.gz file")
+        raise AdapterError(f"{path}: folder holds no file matching {wanted}")
     return files
 
 
@@ -116,11 +121,14 @@ def read_taobao(
     on_error: OnError = "raise",
     ts_min: int = TS_MIN,
     ts_max: int = TS_MAX,
+    files: list[str] | None = None,
 ) -> AdapterResult:
     """Reads Taobao UserBehavior CSV(s) into canonical events.
 
     Args:
         path: one CSV (plain or ``.gz``) or a folder of them.
+        files: in a folder, the file name patterns to read (e.g. ``["users_*.csv"]``);
+            None = every ``*.csv`` and ``*.csv.gz``.
         on_error: ``"raise"`` on the first bad row, or ``"skip"`` and count it.
         ts_min: smallest accepted unix time (inclusive).
         ts_max: largest accepted unix time (exclusive).
@@ -132,9 +140,9 @@ def read_taobao(
         AdapterError: structural problems, or a bad row with ``on_error="raise"``.
     """
     check_on_error(on_error)
-    files = taobao_files(Path(path))
+    paths = taobao_files(Path(path), files)
     skipped: Counter[str] = Counter()
-    frames = [_read_file(f, on_error, ts_min, ts_max, skipped) for f in files]
+    frames = [_read_file(f, on_error, ts_min, ts_max, skipped) for f in paths]
     notes = [
         "taobao: behaviours pv/cart/fav/buy -> actions click/cart/fav/purchase; "
         "no brand or shop in this format",
@@ -145,5 +153,5 @@ def read_taobao(
         samples=None,
         skipped=dict(skipped),
         notes=notes,
-        inputs=files,
+        inputs=paths,
     )
