@@ -87,6 +87,8 @@ class ExportConfig:
         out: the bundle directory (replaced if it exists).
         data_dir: the prepared data it was trained on; None = the one it records.
         onnx: also write the scoring graph as ``model.onnx`` (for ONNX Runtime).
+        wandb: add the bundle to the training run's W&B run (:mod:`atrank.report.wandb_bundle`):
+            ``auto`` (when it has one), ``true`` (it must) or ``false``.
     """
 
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -94,6 +96,12 @@ class ExportConfig:
     out: str = MISSING
     data_dir: str | None = None
     onnx: bool = False
+    wandb: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.wandb = str(self.wandb).lower()  # (`wandb=true` on the command line is a bool)
+        if self.wandb not in ("auto", "true", "false"):
+            raise SettingError("wandb", f"must be auto, true or false, got {self.wandb}")
 
 
 @dataclass
