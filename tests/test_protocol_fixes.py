@@ -16,25 +16,14 @@ import numpy as np
 import polars as pl
 import pytest
 
+# The event builder of the protocol tests (pytest puts tests/ on sys.path).
+from test_protocol import _events
+
 from data_prep import contract as C
 from data_prep.errors import PrepError
 from data_prep.pipeline import PrepConfig, prepare
 from data_prep.run import prepare_from_config
-from data_prep.schema import EVENT_SCHEMA
 from data_prep.sources.protocol import NegativeSampling, next_item_samples
-
-
-def _events(rows: list[tuple[str, int, str, str]]) -> pl.DataFrame:
-    data: dict[str, list[Any]] = {
-        C.USER: [r[0] for r in rows],
-        C.TS: [r[1] for r in rows],
-        C.GROUP: ["item"] * len(rows),
-        C.ACTION: [r[2] for r in rows],
-        C.ITEM: [r[3] for r in rows],
-    }
-    return pl.DataFrame(
-        {k: data.get(k, [None] * len(rows)) for k in EVENT_SCHEMA}, schema=EVENT_SCHEMA
-    )
 
 
 def _long_tail_log(n_users: int = 80) -> pl.DataFrame:

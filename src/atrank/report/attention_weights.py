@@ -26,6 +26,7 @@ from atrank.data.batch import Batch
 from atrank.model.atrank import ATRankModel
 from atrank.model.attention import MultiHeadAttentionBlock
 from atrank.model.encoder import ATRankEncoder
+from atrank.report.collect import same_object
 from data_prep import contract as C
 
 
@@ -173,11 +174,7 @@ def target_relation(batch: Batch, id_field: str) -> Tensor:
         batch: the batch.
         id_field: the id field of the targets' group (the rows' targets share one group).
     """
-    target_id = batch.target[id_field].unsqueeze(1)  # (B, 1)
-    same = (batch.hist_group == batch.target_group.unsqueeze(1)) & (
-        batch.hist[id_field] == target_id
-    )
-    same &= target_id >= C.FIRST_INDEX  # out-of-vocabulary ids are not "the same"
+    same = same_object(batch, id_field)  # (B, T)
     shop = batch.hist.get(C.SHOP)
     if shop is None or C.SHOP not in batch.target:
         near = torch.zeros_like(same)

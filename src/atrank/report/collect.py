@@ -47,11 +47,23 @@ class TaskOutputs:
         )
 
 
+def same_object(batch: Batch, id_field: str) -> Tensor:
+    """``(B, T)`` bool: the history position holds the row's target object.
+
+    Same group as the target and the same id in ``id_field``; padding and out-of-vocabulary
+    ids never match.
+    """
+    target_id = batch.target[id_field].unsqueeze(1)  # (B, 1)
+    same = (batch.hist[id_field] == target_id) & batch.hist_mask  # (B, T)
+    same &= batch.hist_group == batch.target_group.unsqueeze(1)
+    return same & (target_id >= C.FIRST_INDEX)
+
+
 def target_in_history(batch: Batch, id_fields: dict[int, str]) -> Tensor:
     """Whether each sample's target object is among its history's behaviours.
 
     The target matches a history position of the same group with the same id (the group's
-    first field); padding and out-of-vocabulary ids never match.
+    first field): :func:`same_object`.
 
     Args:
         batch: the batch.
@@ -64,11 +76,7 @@ def target_in_history(batch: Batch, id_fields: dict[int, str]) -> Tensor:
     for g, name in id_fields.items():
         if name not in batch.target or name not in batch.hist:
             continue
-        tid = batch.target[name]  # (B,)
-        same = (batch.hist[name] == tid.unsqueeze(1)) & batch.hist_mask  # (B, T)
-        same &= batch.hist_group == g
-        rows = (batch.target_group == g) & (tid >= C.FIRST_INDEX)
-        out |= rows & same.any(dim=1)
+        out |= (batch.target_group == g) & same_object(batch, name).any(dim=1)
     return out
 
 
