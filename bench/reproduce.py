@@ -132,12 +132,17 @@ def write_section(path: Path, key: str, text: str) -> None:
     path.write_text(new)
 
 
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def cell(values: list[float]) -> str:
     """``mean ± sd`` of a list (``-`` when empty)."""
     if not values:
         return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+    mean, sd = mean_sd(values)
+    return f"{mean:.4f} ± {sd:.4f}"
 
 
 def table(
@@ -171,6 +176,45 @@ def table(
             v = rule.get(t)
             rule_cells.append("-" if v is None or m not in ("auc", "pair_auc") else f"{v:.4f}")
     lines.append("| rule: target in history | - | " + " | ".join(rule_cells) + " | - | - |")
+    return "\n".join(lines)
+
+
+def leads(
+    setup: Setup,
+    results: dict[str, tuple[str, list[dict[str, float]]]],
+    focus: str = "atrank",
+) -> str:
+    """Per task, on the setup's first metric: who leads, by how much, against what spread.
+
+    "Ahead by more than the spread" means the gap between the two best means is larger than
+    the sum of their standard deviations over seeds (the mean +- sd intervals do not
+    overlap). When ``focus`` is not first, its rank and its distance to the leader are given.
+    """
+    metric = setup.metrics[0]
+    lines = []
+    for task in setup.tasks:
+        stats = {
+            enc: mean_sd([r[f"test/{task}/{metric}"] for r in runs])
+            for enc, (_, runs) in results.items()
+        }
+        if len(stats) < 2:
+            continue
+        order = sorted(stats, key=lambda e: stats[e][0], reverse=True)
+        first, second = order[0], order[1]
+        gap = stats[first][0] - stats[second][0]
+        spread = stats[first][1] + stats[second][1]
+        verdict = "ahead by more than the spread" if gap > spread else "within the spread"
+        line = (
+            f"- {task} {metric}: **{first}** leads {second} by {gap:.4f}, summed sd "
+            f"{spread:.4f}: {verdict}."
+        )
+        if focus in stats and focus != first:
+            rank = order.index(focus) + 1
+            line += (
+                f" {focus} is #{rank} of {len(order)}, "
+                f"{stats[first][0] - stats[focus][0]:.4f} behind."
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -209,6 +253,7 @@ def main() -> None:
         }
         sections.append(f"## {name} (`experiment={setup.experiment}`)\n")
         sections.append(table(setup, results, rule_aucs(setup, args.out)) + "\n")
+        sections.append(leads(setup, results) + "\n")
     write_section(args.results, "reproduce_tuned", "\n".join(sections))
     print(f"wrote {args.results}")
 
