@@ -125,6 +125,7 @@ def test_seed_makes_runs_repeatable(compose_cfg: Compose) -> None:
     [
         ("data.max_len=0", "data.max_len"),
         ("model.dropout=1.5", "model.dropout"),
+        ("model.embed_l2=-1", "model.embed_l2"),
         ("task.click.weight=-1", "task.click.weight"),
         ("task.click.target=coupon", "task.click.target"),
         ("model.n_heads=5", "model.n_heads"),

@@ -242,3 +242,44 @@ def read_prepared(
         for s in C.SPLITS
     }
     return meta, timeline, splits
+
+
+def read_inverse_counts(root: Path, vocab_sizes: dict[str, int]) -> dict[str, Tensor]:
+    """``1 / n_j`` for every row of each id field's table, ``n_j`` its training count.
+
+    The counts are the vocabulary files' (``vocab/<field>.parquet``, fitted on training rows
+    only). Padding (row 0) gets 0; out-of-vocabulary and any row without a count get 1, as a
+    row seen once.
+
+    Args:
+        root: the prepared-data directory.
+        vocab_sizes: rows of each field's table (``meta.json``); the fields read.
+
+    Returns:
+        ``field -> (V_f,)`` float32.
+
+    Raises:
+        PrepError: naming the vocabulary file when it is missing, unreadable or holds an
+            index outside the table or a count below 1.
+    """
+    out: dict[str, Tensor] = {}
+    for f, size in vocab_sizes.items():
+        path = root / C.VOCAB_DIR / f"{f}.parquet"
+        df = _read_parquet(path)
+        for col in ("index", "count"):
+            if col not in df.columns:
+                raise PrepError(f"{path}: no column {col!r} (has {df.columns})")
+        index = df.get_column("index").to_numpy()
+        count = df.get_column("count").to_numpy()
+        bad = (index <= C.OOV_INDEX) | (index >= size) | (count < 1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise PrepError(
+                f"{path}: row {row}: index {int(index[row])}, count {int(count[row])} "
+                f"(indices must be in [{C.OOV_INDEX + 1}, {size}), counts >= 1)"
+            )
+        inv = np.ones(size, dtype=np.float32)
+        inv[C.PAD_INDEX] = 0.0
+        inv[index] = 1.0 / count
+        out[f] = torch.from_numpy(inv)
+    return out

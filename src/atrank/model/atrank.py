@@ -8,6 +8,7 @@ Shape glossary:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,14 @@ class ATRankModel(nn.Module):
             mask = torch.zeros(B, 0, dtype=torch.bool, device=weight.device)  # (B, 0)
         memory, memory_mask = self.encoder(x, mask, batch)
         return memory, memory_mask
+
+    def embedding_l2(self, batch: Batch, inv_counts: Mapping[str, Tensor]) -> Tensor:
+        """The mini-batch-aware L2 of the id embedding rows this batch uses (scalar).
+
+        See :meth:`BehaviourEmbedding.frequency_l2`; history rows count only for encoders
+        that read the history.
+        """
+        return self.embedding.frequency_l2(batch, inv_counts, history=self.encoder.uses_history)
 
     def forward(self, batch: Batch) -> ModelOutput:
         """Scores every task's target for every row of the batch.

@@ -62,6 +62,11 @@ class ModelConfig:
             multiplies a batch *sum* of ``||x||^2 / 2``: ``l2_weight = rate * batch / 2``
             (the official 5e-5 at batch 32 is 8e-4; ``experiment=paper_amazon``). The
             default 5e-5 is this platform's own choice at batch 512.
+        embed_l2: weight of the mini-batch-aware L2 on the id embedding tables (DIN, Zhou et
+            al. 2018, section 4.1): each step penalises only the rows the batch uses, each
+            row ``j`` by ``||w_j||^2 / n_j`` with ``n_j`` its training count, so over an
+            epoch every row is pulled to zero about equally, rare or frequent. 0 (default)
+            switches it off. Not weight decay: rows the batch does not use are untouched.
 
     Raises:
         SettingError: naming the first invalid setting.
@@ -80,6 +85,7 @@ class ModelConfig:
     din_hidden: list[int] = field(default_factory=lambda: [36])
     din_activation: str = "dice"
     l2_weight: float = 5e-5
+    embed_l2: float = 0.0
 
     def __post_init__(self) -> None:
         # The registry fills as the encoders' modules are imported (atrank.model does).
@@ -125,6 +131,7 @@ class ModelConfig:
             f"must be one of {list(DIN_ACTIVATIONS)}, got {self.din_activation!r}",
         )
         _require(self.l2_weight >= 0, "l2_weight", f"must be >= 0, got {self.l2_weight}")
+        _require(self.embed_l2 >= 0, "embed_l2", f"must be >= 0, got {self.embed_l2}")
 
     @property
     def ffn(self) -> int:

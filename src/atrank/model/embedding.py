@@ -11,6 +11,8 @@ Shape glossary:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
@@ -101,3 +103,52 @@ class BehaviourEmbedding(nn.Module):
         empty = parts[0].new_zeros(parts[0].shape[0], 2 * self.field_dim)  # (B, 2e)
         x = torch.cat([*parts, empty], dim=-1)  # (B, (F + 2) * e)
         return self.proj[group](x)  # (B, d)
+
+    def batch_rows(self, batch: Batch, history: bool = True) -> dict[str, Tensor]:
+        """The rows of each id table that this batch looks up (padding left out).
+
+        Args:
+            batch: the batch; its targets always count, its history when ``history``.
+            history: count the history's ids too (False for encoders that never read it).
+
+        Returns:
+            ``field -> (R,)`` long, the distinct row indices of that field's table.
+        """
+        rows: dict[str, Tensor] = {}
+        for f in self.fields:
+            ids = [batch.target[f].reshape(-1)] if f in batch.target else []
+            if history and f in batch.hist:
+                ids.append(batch.hist[f][batch.hist_mask])  # (P,)
+            if not ids:
+                continue
+            used = torch.unique(torch.cat(ids))  # (R,)
+            rows[f] = used[used != PAD_INDEX]
+        return rows
+
+    def frequency_l2(
+        self, batch: Batch, inv_counts: Mapping[str, Tensor], history: bool = True
+    ) -> Tensor:
+        """Mini-batch-aware L2 (DIN, Zhou et al. 2018, section 4.1) of the rows a batch uses.
+
+        ``sum_f sum_{j in batch} inv_counts[f][j] * ||w_fj||^2``: only the rows the batch
+        looks up enter (so the gradient stays sparse in effect), each scaled by the inverse
+        of its training count ``n_j``. Over an epoch row ``j`` is in about ``n_j`` batches,
+        so every row receives about the same total pull, whatever its frequency.
+
+        Args:
+            batch: the batch (see :meth:`batch_rows`).
+            inv_counts: ``field -> (V_f,)`` float, ``1 / n_j`` per row of the field's table;
+                fields without an entry are not penalised.
+            history: count the history's ids too.
+
+        Returns:
+            Scalar penalty (0 when no row is penalised).
+        """
+        total = self.action.weight.new_zeros(())
+        for f, rows in self.batch_rows(batch, history).items():
+            if f not in inv_counts:
+                continue
+            table: nn.Embedding = self.fields[f]  # type: ignore[assignment]
+            w = table.weight[rows]  # (R, e)
+            total = total + (inv_counts[f][rows] * w.pow(2).sum(-1)).sum()
+        return total

@@ -43,6 +43,10 @@ class ATRankSystem(L.LightningModule):
         optimizer: factory completing a partially configured optimizer with the parameters.
         scheduler: optional factory taking the optimizer, returning an LR scheduler.
         l2_weight: weight of the L2 penalty on the user vector and the target vector.
+        embed_l2: weight of the mini-batch-aware L2 on the id embedding rows each batch uses
+            (:meth:`atrank.model.ATRankModel.embedding_l2`); logged as ``train/embed_l2``.
+        inv_counts: ``field -> (V_f,)`` inverse training counts of the id tables' rows
+            (:func:`atrank.data.store.read_inverse_counts`); needed when ``embed_l2 > 0``.
         loss_weighting: ``"fixed"`` (the task weights) or ``"uncertainty"`` (learned per-task
             weights, Kendall et al. 2018, on top of the fixed ones); logged as
             ``train/<task>/log_var``.
@@ -58,6 +62,8 @@ class ATRankSystem(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         l2_weight: float = 0.0,
+        embed_l2: float = 0.0,
+        inv_counts: Mapping[str, Tensor] | None = None,
         loss_weighting: str = "fixed",
         run_config: dict[str, Any] | None = None,
         data_dir: str | None = None,
@@ -67,13 +73,21 @@ class ATRankSystem(L.LightningModule):
             raise ValueError("no task to train: give at least one with task=[...]")
         weighting = LossWeighting(loss_weighting)
         # Plain values only in checkpoints: the tasks are rebuilt from run_config.
-        self.save_hyperparameters(ignore=["model", "tasks", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["model", "tasks", "optimizer", "scheduler", "inv_counts"])
         self.model = model
         self.tasks = dict(tasks)
         self.task_weights = {n: t.weight for n, t in self.tasks.items()}  # (read every step)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.l2_weight = l2_weight
+        self.embed_l2 = embed_l2
+        if embed_l2 > 0 and inv_counts is None:
+            raise ValueError("embed_l2 > 0 needs inv_counts (the id tables' training counts)")
+        # Derived from the prepared data at build time: moved with the module, not saved.
+        self.inv_counts = nn.Module()
+        if embed_l2 > 0 and inv_counts is not None:
+            for f, inv in inv_counts.items():
+                self.inv_counts.register_buffer(f, inv, persistent=False)
         self.log_vars = (
             nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in tasks})
             if weighting is LossWeighting.uncertainty
@@ -105,6 +119,11 @@ class ATRankSystem(L.LightningModule):
             log_vars,
         )
         bs = batch.size
+        if self.embed_l2 > 0:
+            inv = dict(self.inv_counts.named_buffers())
+            penalty = self.model.embedding_l2(batch, inv)  # type: ignore[operator]
+            total = total + self.embed_l2 * penalty
+            self.log("train/embed_l2", penalty, batch_size=bs)
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for task, loss in per_task.items():
             self.log(f"train/{task}/loss", loss, batch_size=bs)
