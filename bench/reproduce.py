@@ -48,10 +48,12 @@ SETUPS = {
 }
 
 #: The tuning grid: name -> overrides. Learning rate x regularisation (the L2 term on the
-#: user and target vectors, and weight decay of every weight, the embeddings included).
+#: user and target vectors, and weight decay of every weight, the embeddings included; or
+#: the mini-batch-aware L2 on the embedding rows each batch uses, ``embed``).
 GRID: dict[str, list[str]] = {
     "base": [],
     "reg": ["optimizer=adamw", "optimizer.weight_decay=0.05", "model.l2_weight=1e-3"],
+    "embed": ["model.embed_l2=0.01"],
     "slow": ["optimizer.lr=1e-3"],
     "slow_reg": [
         "optimizer=adamw",
