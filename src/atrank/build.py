@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
-from torch import Tensor
 
 from atrank.config import ConfigError, DataConfig, TaskSpec, TrainConfig
 from atrank.data.datamodule import ATRankDataModule
@@ -111,12 +110,6 @@ def data_shape(meta: PreparedMeta) -> DataShape:
     )
 
 
-def embedding_counts(meta: PreparedMeta, data_dir: Path) -> dict[str, Tensor]:
-    """Inverse training counts of the rows of every id table the model embeds."""
-    fields = dict.fromkeys(f for fs in meta.group_fields.values() for f in fs)
-    return read_inverse_counts(data_dir, {f: meta.vocab_sizes[f] for f in fields})
-
-
 def build_system(
     run: TrainConfig,
     meta: PreparedMeta,
@@ -153,7 +146,12 @@ def build_system(
         scheduler=hydra.utils.instantiate(run.scheduler) if run.scheduler else None,
         l2_weight=run.model.l2_weight,
         embed_l2=run.model.embed_l2,
-        inv_counts=embedding_counts(meta, data_dir) if run.model.embed_l2 > 0 else None,
+        inv_counts=(
+            # the tables the model really embeds (it owns that list), with their sizes
+            read_inverse_counts(data_dir, {f: meta.vocab_sizes[f] for f in model.embedding.fields})
+            if run.model.embed_l2 > 0
+            else None
+        ),
         loss_weighting=run.loss_weighting.value,
         run_config=run_config,
         data_dir=str(data_dir),

@@ -65,7 +65,7 @@ class ModelConfig:
         embed_l2: weight of the mini-batch-aware L2 on the id embedding tables (DIN, Zhou et
             al. 2018, section 4.1): each step penalises only the rows the batch uses, each
             row ``j`` by ``||w_j||^2 / n_j`` with ``n_j`` its training count, so over an
-            epoch every row is pulled to zero about equally, rare or frequent. 0 (default)
+            epoch rare and frequent rows are pulled to zero roughly alike. 0 (default)
             switches it off. Not weight decay: rows the batch does not use are untouched.
 
     Raises:

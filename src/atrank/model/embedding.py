@@ -132,8 +132,9 @@ class BehaviourEmbedding(nn.Module):
 
         ``sum_f sum_{j in batch} inv_counts[f][j] * ||w_fj||^2``: only the rows the batch
         looks up enter (so the gradient stays sparse in effect), each scaled by the inverse
-        of its training count ``n_j``. Over an epoch row ``j`` is in about ``n_j`` batches,
-        so every row receives about the same total pull, whatever its frequency.
+        of its training count ``n_j``. The number of batches that use row ``j`` in an epoch
+        grows with ``n_j``, so the scaling roughly evens out the total pull on rare and
+        frequent rows (exactly only if each occurrence fell in its own batch).
 
         Args:
             batch: the batch (see :meth:`batch_rows`).
