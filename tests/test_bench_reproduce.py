@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from bench import reproduce
 from bench.reproduce import SETUPS, cell, leads, mean_sd
 
 BEAUTY = SETUPS["beauty"]  # one task (click), first metric pair_auc
@@ -58,3 +61,31 @@ def test_every_task_of_a_multi_task_setup_gets_a_line() -> None:
     lines = leads(setup, {"atrank": two(0.72, 0.60), "din": two(0.70, 0.70)}).splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["- click auc", "- purchase auc"]
     assert "**atrank**" in lines[0] and "**din**" in lines[1]
+
+
+def test_the_setting_is_chosen_on_validation_never_on_test(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # "reg" has the best test AUC, "embed" the best validation monitor: embed must win,
+    # and only the chosen setting is run with the other seeds.
+    val = {"base": 0.70, "reg": 0.71, "embed": 0.72}
+    test = {"base": 0.80, "reg": 0.90, "embed": 0.60}
+    calls: list[tuple[str, int]] = []
+
+    def fake_run(
+        setup: object, encoder: str, g: str, seed: int, out: Path, extra: list[str]
+    ) -> dict[str, float]:
+        calls.append((g, seed))
+        return {"best/val_monitor": val[g], "test/click/pair_auc": test[g] + seed / 1000}
+
+    monkeypatch.setattr(reproduce, "run_one", fake_run)
+    best, runs = reproduce.tuned(BEAUTY, "atrank", list(val), [1, 2, 3], tmp_path, [])
+    assert best == "embed"
+    assert [r["test/click/pair_auc"] for r in runs] == pytest.approx([0.601, 0.602, 0.603])
+    assert calls == [("base", 1), ("reg", 1), ("embed", 1), ("embed", 2), ("embed", 3)]
+
+
+def test_the_default_grid_is_the_tables_grid() -> None:
+    assert reproduce.DEFAULT_GRID == ("base", "reg", "embed")
+    assert set(reproduce.DEFAULT_GRID) <= set(reproduce.GRID)
+    assert reproduce.GRID["embed"] == ["model.embed_l2=0.01"]
