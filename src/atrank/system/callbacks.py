@@ -39,9 +39,7 @@ class PerTaskBest(Callback):
                 continue
             self.best[task] = (trainer.current_epoch, v)
             if self.dirpath is not None:
-                # A full checkpoint (optimizer and loop state too), like the run's own.
-                path = str(self.dirpath / f"best-{task}.ckpt")
-                trainer.save_checkpoint(path, weights_only=False)
+                trainer.save_checkpoint(str(self.dirpath / f"best-{task}.ckpt"))
 
     def state_dict(self) -> dict[str, object]:
         """The best epoch and value of every task, kept in checkpoints (plain types), so that
